@@ -1,0 +1,142 @@
+"""Image embeddings cached on disk: the encoder runs once per (weights, preprocessing, image).
+
+Layout: ``ROOT/<encoder key>-<compute precision>-<storage dtype>/<ab>/<sha256 of the image>.npy``,
+where the encoder key holds the model name, input size, normalisation and a fingerprint of the
+image encoder's weights, so a changed checkpoint never reuses old embeddings (a fine-tuned
+decoder does reuse them: its encoder is unchanged). Files are written to a temporary name and
+renamed, so a killed run leaves no half file under a real name; a file that fails to load or
+has the wrong shape is treated as missing, recomputed and counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .models import SamModel
+
+__all__ = ["EmbeddingCache", "CacheStats", "default_cache_dir"]
+
+EMBEDDING_SHAPE = (256, 64, 64)
+
+
+def default_cache_dir() -> Path:
+    """``$SAMHW_CACHE``, else ``$XDG_CACHE_HOME/samhw``, else ``~/.cache/samhw``."""
+    if os.environ.get("SAMHW_CACHE"):
+        return Path(os.environ["SAMHW_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "samhw"
+
+
+def image_key(image: np.ndarray) -> str:
+    """SHA-256 of an image's shape, dtype and bytes."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.shape}{image.dtype}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """What :meth:`EmbeddingCache.ensure` found and did."""
+
+    cached: int = 0
+    computed: int = 0
+    damaged: int = 0  # files that failed to load and were recomputed
+
+    def __str__(self) -> str:
+        text = f"embeddings: {self.cached} reused from the cache, {self.computed} computed"
+        return text + (f", {self.damaged} damaged cache files recomputed" if self.damaged else "")
+
+
+class EmbeddingCache:
+    """Disk cache of image embeddings for one model. ``storage`` is ``float16`` or ``float32``."""
+
+    def __init__(self, model: SamModel, root: str | os.PathLike | None = None, storage: str = "float16"):
+        if storage not in ("float16", "float32"):
+            raise ValueError(f"storage must be float16 or float32, got {storage!r}")
+        self.model = model
+        self.storage = np.dtype(storage)
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        precision = "bf16" if model.device.type == "cuda" else "fp32"
+        self.folder = self.root / f"{model.encoder_key}-{precision}-{storage}"
+        self.damaged = 0
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros(EMBEDDING_SHAPE, self.storage))
+        self.file_size = buffer.tell()
+
+    def path(self, image: np.ndarray) -> Path:
+        key = image_key(image)
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def load(self, image: np.ndarray) -> torch.Tensor | None:
+        """The cached (1, 256, 64, 64) float32 embedding of ``image``, or None if absent or damaged."""
+        path = self.path(image)
+        if not path.exists():
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+            if array.shape != EMBEDDING_SHAPE or array.dtype != self.storage:
+                raise ValueError(f"shape {array.shape} {array.dtype}")
+        except (ValueError, OSError, EOFError):
+            self.damaged += 1
+            path.unlink(missing_ok=True)
+            return None
+        return torch.from_numpy(array.astype(np.float32))[None]
+
+    def save(self, image: np.ndarray, embedding: torch.Tensor) -> None:
+        """Write one (256, 64, 64) embedding atomically."""
+        path = self.path(image)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, embedding.detach().cpu().numpy().astype(self.storage).reshape(EMBEDDING_SHAPE))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _sweep_stale_tmp(self, age_s: float = 3600) -> None:
+        if self.folder.exists():
+            for tmp in self.folder.glob("*/*.tmp"):
+                if time.time() - tmp.stat().st_mtime > age_s:
+                    tmp.unlink(missing_ok=True)
+
+    def ensure(self, images: Sequence[np.ndarray], batch_size: int = 4, progress: bool = True) -> CacheStats:
+        """Encode and store every image not yet cached; returns what was reused and computed."""
+        self._sweep_stale_tmp()
+        damaged_before = self.damaged
+        missing = []
+        for image in images:
+            path = self.path(image)
+            if path.exists():
+                if path.stat().st_size == self.file_size:
+                    continue
+                self.damaged += 1
+                path.unlink(missing_ok=True)
+            missing.append(image)
+        stats = CacheStats(cached=len(images) - len(missing), computed=len(missing),
+                           damaged=self.damaged - damaged_before)
+        with tqdm(total=len(missing), desc="encoding images", unit="image", disable=not progress or not missing) as bar:
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start:start + batch_size]
+                embeddings = self.model.encode(chunk)
+                for image, embedding in zip(chunk, embeddings):
+                    self.save(image, embedding)
+                bar.update(len(chunk))
+        return stats
+
+    def get(self, image: np.ndarray) -> torch.Tensor:
+        """The (1, 256, 64, 64) embedding of ``image``, computed and stored if needed."""
+        embedding = self.load(image)
+        if embedding is None:
+            self.ensure([image], progress=False)
+            embedding = self.load(image)
+        return embedding

@@ -1,0 +1,195 @@
+"""Evaluation: every (prompt, seed) on every slice, one row each, and the study's summary.
+
+A deterministic prompt (a centre point, the tight box) is the same for every seed, so it is
+evaluated once, with the first seed; its interval over seeds is undefined and reported empty.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .cache import EmbeddingCache
+from .data import Dataset, Slice
+from .metrics import dice, iou, mean_interval
+from .models import SamModel
+from .prompts import Prompt, PromptSpec, Target
+
+__all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
+
+ROW_FIELDS = ["split", "patient", "slice", "prompt", "seed", "iou", "dice", "pred_iou", "off_target",
+              "area_true", "area_pred", "points", "box"]
+
+
+def plan(specs: Sequence[PromptSpec], seeds: Sequence[int]) -> list[tuple[PromptSpec, int]]:
+    """The (prompt, seed) pairs to evaluate: every seed for random prompts, the first for the rest."""
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    return [(spec, seed) for spec in specs for seed in (seeds if spec.random else seeds[:1])]
+
+
+def _format_points(prompt: Prompt) -> str:
+    return ";".join(f"{x:g} {y:g} {label}" for (x, y), label in zip(prompt.points, prompt.labels))
+
+
+def _format_box(prompt: Prompt) -> str:
+    return "" if prompt.box is None else " ".join(f"{v:g}" for v in prompt.box)
+
+
+def evaluate_slice(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
+                   split: str = "", batch_size: int = 1) -> list[dict]:
+    """Rows for one slice: draw each (prompt, seed), decode in batches of equal structure, score."""
+    target = Target(item.mask, item.image, item.slice_id)
+    drawn = [(spec, seed, spec.draw(target, seed)) for spec, seed in pairs]
+    groups: dict[tuple, list[int]] = {}
+    for i, (spec, _, prompt) in enumerate(drawn):
+        groups.setdefault((prompt.structure, spec.multimask), []).append(i)
+    masks: list[np.ndarray | None] = [None] * len(drawn)
+    scores = np.zeros(len(drawn))
+    for (_, multimask), idx in groups.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            m, s = model.predict(embedding, [drawn[i][2] for i in chunk], item.mask.shape, multimask)
+            for j, i in enumerate(chunk):
+                masks[i], scores[i] = m[j], s[j]
+    area_true = int(item.mask.sum())
+    return [
+        {
+            "split": split, "patient": item.patient, "slice": item.slice_id, "prompt": spec.name, "seed": seed,
+            "iou": iou(mask, item.mask), "dice": dice(mask, item.mask), "pred_iou": float(scores[i]),
+            "off_target": prompt.off_target, "area_true": area_true, "area_pred": int(mask.sum()),
+            "points": _format_points(prompt), "box": _format_box(prompt),
+        }
+        for i, ((spec, seed, prompt), mask) in enumerate(zip(drawn, masks))
+    ]
+
+
+def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Sequence[PromptSpec],
+             seeds: Sequence[int], batch_size: int = 1, progress: bool = True,
+             done: set[str] | frozenset[str] = frozenset()) -> Iterator[list[dict]]:
+    """Yield the rows of each slice in turn (slices in ``done`` are passed over)."""
+    pairs = plan(specs, seeds)
+    todo = [s for s in dataset.slices if s.slice_id not in done]
+    stats = cache.ensure([s.image for s in todo], progress=progress)
+    tqdm.write(f"{stats} (cache: {cache.folder})", file=sys.stderr)
+    for item in tqdm(todo, desc=f"prompting {dataset.split}", unit="slice", disable=not progress):
+        yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
+
+
+def run_config(model: SamModel, dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int]) -> dict:
+    """What determines a run's rows: a resumed run must match it exactly."""
+    from . import __version__
+
+    return {"model": model.name, "weights": model.fingerprint(), "data": str(dataset.root), "split": dataset.split,
+            "slices": [s.slice_id for s in dataset.slices], "prompts": [s.name for s in specs],
+            "seeds": list(seeds), "samhw": __version__}
+
+
+def evaluate_to_csv(path: str | os.PathLike, config: dict, model: SamModel, cache: EmbeddingCache,
+                    dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int], batch_size: int = 1,
+                    progress: bool = True) -> pd.DataFrame:
+    """Evaluate into the CSV ``path``, resumably.
+
+    Rows are appended to ``path.part`` slice by slice; an interrupted run with the same
+    ``config`` continues where it stopped and says so. On completion the file is renamed to ``path``.
+    """
+    path = Path(path)
+    part, part_config = path.with_name(path.name + ".part"), path.with_name(path.name + ".part.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config_text = json.dumps(config, sort_keys=True, default=str)
+    done: set[str] = set()
+    if part.exists() and part_config.exists() and part_config.read_text() == config_text:
+        previous = _read_complete_slices(part, len(plan(specs, seeds)))
+        done = {r["slice"] for r in previous}
+        _write_rows(part, previous)
+        if done:
+            tqdm.write(f"resuming {path.name}: {len(done)} of {len(dataset)} slices already done in {part}",
+                       file=sys.stderr)
+    else:
+        _write_rows(part, [])
+        part_config.write_text(config_text)
+    with open(part, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        for rows in evaluate(model, cache, dataset, specs, seeds, batch_size, progress, done=done):
+            writer.writerows(rows)
+            handle.flush()
+    os.replace(part, path)
+    part_config.unlink(missing_ok=True)
+    return read_rows(path)
+
+
+def read_rows(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values={"iou": [""], "dice": [""]},
+                       dtype={"points": str, "box": str, "split": str})
+
+
+def _read_complete_slices(part: Path, rows_per_slice: int) -> list[dict]:
+    """Rows of the slices that were written completely (a kill can cut the last slice short)."""
+    with open(part, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if None not in r.values() and None not in r]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["slice"]] = counts.get(r["slice"], 0) + 1
+    return [r for r in rows if counts[r["slice"]] == rows_per_slice]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (split, prompt): mean IoU and Dice over slices and over patients, each with a 95%
+    interval over seeds, how many slices, patients and seeds, and how often a point was off target."""
+    out = []
+    for (split, prompt), group in rows.groupby(["split", "prompt"], sort=False):
+        per_seed = group.groupby("seed")
+        slice_iou = per_seed["iou"].mean()
+        patient_iou = group.groupby(["seed", "patient"])["iou"].mean().groupby("seed").mean()
+        patient_dice = group.groupby(["seed", "patient"])["dice"].mean().groupby("seed").mean()
+        iou_mean, iou_lo, iou_hi = mean_interval(slice_iou)
+        pat_mean, pat_lo, pat_hi = mean_interval(patient_iou)
+        dice_mean, dice_lo, dice_hi = mean_interval(per_seed["dice"].mean())
+        out.append({
+            "split": split, "prompt": prompt,
+            "slices": group["slice"].nunique(), "patients": group["patient"].nunique(), "seeds": len(slice_iou),
+            "iou": iou_mean, "iou_lo": iou_lo, "iou_hi": iou_hi,
+            "iou_patient": pat_mean, "iou_patient_lo": pat_lo, "iou_patient_hi": pat_hi,
+            "dice": dice_mean, "dice_lo": dice_lo, "dice_hi": dice_hi, "dice_patient": patient_dice.mean(),
+            "off_target": float((group["off_target"] > 0).mean()),
+        })
+    return pd.DataFrame(out)
+
+
+def _interval(mean: float, lo: float, hi: float) -> str:
+    return f"{mean:.4f}" + ("" if np.isnan(lo) else f" ±{(hi - lo) / 2:.4f}")
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A plain-text table of a summary (one block per split)."""
+    blocks = []
+    for split, group in summary.groupby("split", sort=False):
+        table = pd.DataFrame({
+            "prompt": group["prompt"],
+            "IoU (slices) ±95%": [_interval(*v) for v in group[["iou", "iou_lo", "iou_hi"]].to_numpy()],
+            "IoU (patients) ±95%": [_interval(*v) for v in group[["iou_patient", "iou_patient_lo", "iou_patient_hi"]].to_numpy()],
+            "Dice": group["dice"].map("{:.4f}".format),
+            "off target": group["off_target"].map("{:.1%}".format),
+            "slices": group["slices"], "patients": group["patients"], "seeds": group["seeds"],
+        })
+        blocks.append(f"[{split}]\n" + table.to_string(index=False))
+    return "\n\n".join(blocks)

@@ -1,0 +1,90 @@
+"""End to end on real slices of the shared LGG copy with the real LiteMedSAM weights."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from samhw.cache import EmbeddingCache
+from samhw.cli import main
+from samhw.data import Dataset
+from samhw.evaluate import evaluate
+from samhw.metrics import iou
+from samhw.prompts import PromptSpec, Target, parse_prompts
+from samhw.study import EXPERIMENTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_tight_box_is_far_above_chance(lite_model, real_slices, cache_dir):
+    cache = EmbeddingCache(lite_model, cache_dir)
+    spec = PromptSpec.parse("box:0")
+    ious, wrong = [], []
+    for k, item in enumerate(real_slices.slices):
+        prompt = spec.draw(Target(item.mask, item.image, item.slice_id), 0)
+        mask = lite_model.predict(cache.get(item.image), [prompt], item.mask.shape, spec.multimask)[0][0]
+        ious.append(iou(mask, item.mask))
+        wrong.append(iou(mask, real_slices.slices[k - 1].mask))  # chance: the same mask against another slice
+    assert np.mean(ious) > 0.5, ious
+    assert np.mean(ious) > np.mean(wrong) + 0.4, (ious, wrong)
+
+
+def test_results_do_not_depend_on_slice_order(lite_model, real_slices, cache_dir):
+    cache = EmbeddingCache(lite_model, cache_dir)
+    specs = parse_prompts(["box:10", "random_gaussian", "center_mask+background"])
+    forward = [r for rows in evaluate(lite_model, cache, real_slices, specs, [3, 4], progress=False) for r in rows]
+    backward_set = Dataset(real_slices.root, real_slices.split, list(reversed(real_slices.slices)))
+    backward = [r for rows in evaluate(lite_model, cache, backward_set, specs, [3, 4], progress=False) for r in rows]
+    key = ["slice", "prompt", "seed"]
+    a = pd.DataFrame(forward).sort_values(key).reset_index(drop=True)
+    b = pd.DataFrame(backward).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_cli_evaluate_writes_rows_and_reuses_the_cache(data_dir, cache_dir, tmp_path, capsys):
+    args = ["evaluate", "--data", str(data_dir), "--split", "test", "--limit", "2", "--seeds", "2", "--device", "cpu",
+            "--prompts", "box:0", "center_mask", "box:-20+background", "--cache", str(cache_dir), "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "a.csv")
+    assert {"patient", "slice", "prompt", "seed", "iou", "dice"} <= set(rows.columns)
+    assert len(rows) == 2 * (1 + 1 + 2)
+    assert sorted(rows.groupby("prompt")["seed"].nunique().items()) == [("box:-20+background", 2), ("box:0", 1),
+                                                                      ("center_mask", 1)]
+    out = capsys.readouterr()
+    assert "box:-20+background" in out.out and "IoU (patients)" in out.out
+    assert main(args + ["--out", str(tmp_path / "b.csv")]) == 0
+    assert "2 reused from the cache, 0 computed" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(rows, pd.read_csv(tmp_path / "b.csv"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prompts", "centre_mask"], "unknown prompt 'centre_mask'"),
+    (["--prompts", "random_gaussian:sigma=-5"], "sigma must be a positive"),
+    (["--prompts", "box:0", "--model", "vit_b"], "pass --checkpoint"),
+    (["--prompts", "box:0", "--data", "/nonexistent/kaggle_3m"], "/nonexistent/kaggle_3m: not a folder"),
+])
+def test_cli_errors_are_one_clear_line(data_dir, tmp_path, capsys, args, words):
+    base = ["evaluate", "--data", str(data_dir), "--limit", "1", "--out", str(tmp_path / "x.csv"), "--device", "cpu"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_quick_study_writes_every_result_and_reruns_identically(data_dir, cache_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["study", "--data", str(data_dir), "--limit", "2", "--seeds", "2", "--out", str(out), "--device", "cpu",
+            "--cache", str(cache_dir), "--quiet"]
+    assert main(args) == 0
+    for name in ["rows_test.csv", "summary.csv", "summary.json", "fig_e1_margins.png", "fig_e2_strategies.png",
+                 "fig_gallery.png"]:
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["prompt"]) == [p for e in ("E1", "E2", "E3") for p in EXPERIMENTS[e]]
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["splits"]["test"]["slices"] == 2 and meta["seeds"] == [0, 1]
+    first = (out / "summary.csv").read_bytes()
+    (out / "rows_test.csv").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 computed" in capsys.readouterr().err
+    assert (out / "summary.csv").read_bytes() == first
