@@ -1,6 +1,6 @@
 """Image embeddings cached on disk: the encoder runs once per (weights, preprocessing, image).
 
-Layout: ``ROOT/<encoder key>-<compute precision>-<storage dtype>/<ab>/<sha256 of the image>.npy``,
+Layout: ``ROOT/<encoder key>-<backend>-<storage dtype>/<ab>/<sha256 of the image>.npy``,
 where the encoder key holds the model name, input size, normalisation and a fingerprint of the
 image encoder's weights, so a changed checkpoint never reuses old embeddings (a fine-tuned
 decoder does reuse them: its encoder is unchanged). Files are written to a temporary name and
@@ -15,13 +15,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models import SamModel
+if TYPE_CHECKING:
+    from .models import SamModel
 
 __all__ = ["EmbeddingCache", "CacheStats", "default_cache_dir"]
 
@@ -66,8 +67,7 @@ class EmbeddingCache:
         self.model = model
         self.storage = np.dtype(storage)
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
-        precision = "bf16" if model.device.type == "cuda" else "fp32"
-        self.folder = self.root / f"{model.encoder_key}-{precision}-{storage}"
+        self.folder = self.root / f"{model.encoder_key}-{model.encoder_backend}-{storage}"
         self.damaged = 0
         buffer = io.BytesIO()
         np.save(buffer, np.zeros(EMBEDDING_SHAPE, self.storage))
@@ -109,8 +109,10 @@ class EmbeddingCache:
                 if time.time() - tmp.stat().st_mtime > age_s:
                     tmp.unlink(missing_ok=True)
 
-    def ensure(self, images: Sequence[np.ndarray], batch_size: int = 4, progress: bool = True) -> CacheStats:
-        """Encode and store every image not yet cached; returns what was reused and computed."""
+    def ensure(self, images: Sequence[np.ndarray], batch_size: int | None = None, progress: bool = True) -> CacheStats:
+        """Encode and store every image not yet cached, ``batch_size`` at a time (default 4 on
+        the CPU, 32 on CUDA); returns what was reused and computed."""
+        batch_size = batch_size or (32 if self.model.device.type == "cuda" else 4)
         self._sweep_stale_tmp()
         damaged_before = self.damaged
         missing = []

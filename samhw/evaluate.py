@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from .cache import EmbeddingCache
+from .cache import CacheStats, EmbeddingCache
 from .data import Dataset, Slice
-from .metrics import dice, iou, mean_interval
+from .metrics import mean_interval, scores_from_counts
 from .models import SamModel
 from .prompts import Prompt, PromptSpec, Target
 
@@ -45,56 +49,141 @@ def _format_box(prompt: Prompt) -> str:
 
 def evaluate_slice(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
                    split: str = "", batch_size: int = 1) -> list[dict]:
-    """Rows for one slice: draw each (prompt, seed), decode in batches of equal structure, score."""
+    """Rows for one slice: draw each (prompt, seed), decode in batches of equal structure, score.
+
+    Overlaps are counted on the model's device; only the counts come back.
+    """
     target = Target(item.mask, item.image, item.slice_id)
     drawn = [(spec, seed, spec.draw(target, seed)) for spec, seed in pairs]
     groups: dict[tuple, list[int]] = {}
     for i, (spec, _, prompt) in enumerate(drawn):
         groups.setdefault((prompt.structure, spec.multimask), []).append(i)
-    masks: list[np.ndarray | None] = [None] * len(drawn)
+    context = model.image_context(embedding)
+    truth = torch.from_numpy(item.mask).to(model.device)
+    counts = np.zeros((len(drawn), 2), dtype=np.int64)  # intersection with the truth, predicted area
     scores = np.zeros(len(drawn))
     for (_, multimask), idx in groups.items():
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
-            m, s = model.predict(embedding, [drawn[i][2] for i in chunk], item.mask.shape, multimask)
-            for j, i in enumerate(chunk):
-                masks[i], scores[i] = m[j], s[j]
+            masks, predicted = model.predict_masks(context, [drawn[i][2] for i in chunk], item.mask.shape, multimask)
+            inter = (masks & truth).flatten(1).sum(1)
+            area = masks.flatten(1).sum(1)
+            counts[chunk, 0] = inter.cpu().numpy()
+            counts[chunk, 1] = area.cpu().numpy()
+            scores[chunk] = predicted.cpu().numpy()
     area_true = int(item.mask.sum())
-    return [
-        {
+    rows = []
+    for i, (spec, seed, prompt) in enumerate(drawn):
+        inter, area_pred = int(counts[i, 0]), int(counts[i, 1])
+        iou, dice = scores_from_counts(inter, area_pred, area_true)
+        rows.append({
             "split": split, "patient": item.patient, "slice": item.slice_id, "prompt": spec.name, "seed": seed,
-            "iou": iou(mask, item.mask), "dice": dice(mask, item.mask), "pred_iou": float(scores[i]),
-            "off_target": prompt.off_target, "area_true": area_true, "area_pred": int(mask.sum()),
-            "points": _format_points(prompt), "box": _format_box(prompt),
-        }
-        for i, ((spec, seed, prompt), mask) in enumerate(zip(drawn, masks))
-    ]
+            "iou": iou, "dice": dice, "pred_iou": float(scores[i]), "off_target": prompt.off_target, "area_true": area_true,
+            "area_pred": area_pred, "points": _format_points(prompt), "box": _format_box(prompt),
+        })
+    return rows
+
+
+def default_batch_size(model: SamModel) -> int:
+    """Prompts decoded together: one on the CPU (larger batches only add memory traffic), 64 on CUDA."""
+    return 64 if model.device.type == "cuda" else 1
+
+
+def default_workers(model: SamModel) -> int:
+    """Processes sharing the slices: one per CPU core (up to 8) on the CPU, one on a GPU."""
+    return min(os.cpu_count() or 1, 8) if model.device.type == "cpu" else 1
+
+
+@contextmanager
+def _one_thread(model: SamModel):
+    """On the CPU each slice is computed with one thread (the workers give the parallelism),
+    so results do not depend on how many workers or cores there are."""
+    if model.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Sequence[PromptSpec],
-             seeds: Sequence[int], batch_size: int = 1, progress: bool = True,
-             done: set[str] | frozenset[str] = frozenset()) -> Iterator[list[dict]]:
-    """Yield the rows of each slice in turn (slices in ``done`` are passed over)."""
+             seeds: Sequence[int], batch_size: int | None = None, progress: bool = True,
+             done: set[str] | frozenset[str] = frozenset(), workers: int | None = None) -> Iterator[list[dict]]:
+    """Yield the rows of each slice in turn (slices in ``done`` are passed over).
+
+    With ``workers`` > 1 (the default on a multi-core CPU) slices are spread over that many
+    processes, each encoding (through the shared cache) and decoding its slices with one thread.
+    """
     pairs = plan(specs, seeds)
+    batch_size = batch_size or default_batch_size(model)
+    workers = workers or default_workers(model)
     todo = [s for s in dataset.slices if s.slice_id not in done]
-    stats = cache.ensure([s.image for s in todo], progress=progress)
-    tqdm.write(f"{stats} (cache: {cache.folder})", file=sys.stderr)
-    for item in tqdm(todo, desc=f"prompting {dataset.split}", unit="slice", disable=not progress):
-        yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
+    bar = dict(desc=f"prompting {dataset.split}", unit="slice", disable=not progress)
+    if workers <= 1 or len(todo) <= 1 or model.device.type != "cpu":
+        stats = cache.ensure([s.image for s in todo], progress=progress)
+        tqdm.write(f"{stats} (cache: {cache.folder})", file=sys.stderr)
+        with _one_thread(model):
+            for item in tqdm(todo, **bar):
+                yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
+        return
+    model.ready_encoder()  # export the ONNX encoder once, before the workers look for it
+    names = [(spec.name, seed) for spec, seed in pairs]
+    setup = (model.name, model.checkpoint, model.plain, str(model.onnx_dir), str(cache.root), cache.storage.name,
+             model.fingerprint())
+    computed = 0
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_setup,
+                             initargs=setup) as pool:
+        tasks = ((item, names, dataset.split, batch_size) for item in todo)
+        for rows, encoded in tqdm(pool.map(_worker_slice, tasks), total=len(todo), **bar):
+            computed += encoded
+            yield rows
+    tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {min(workers, len(todo))} workers "
+               f"(cache: {cache.folder})", file=sys.stderr)
+
+
+_WORKER: dict = {}
+
+
+def _worker_setup(name, checkpoint, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
+    torch.set_num_threads(1)
+    from .models import load_model
+
+    model = load_model(name, checkpoint, "cpu", plain=plain)
+    model.onnx_dir = Path(onnx_dir)
+    if model.fingerprint() != fingerprint:
+        raise RuntimeError(f"a worker loaded different weights for {name} from {checkpoint}; evaluate in-process "
+                           "(workers=1) a model that was changed in memory")
+    _WORKER.update(model=model, cache=EmbeddingCache(model, cache_root, storage), specs={})
+
+
+def _worker_slice(task) -> tuple[list[dict], bool]:
+    item, names, split, batch_size = task
+    model, cache, specs = _WORKER["model"], _WORKER["cache"], _WORKER["specs"]
+    pairs = [(specs.setdefault(name, PromptSpec.parse(name)), seed) for name, seed in names]
+    embedding = cache.load(item.image)
+    encoded = embedding is None
+    if encoded:
+        embedding = cache.get(item.image)
+    return evaluate_slice(model, embedding, item, pairs, split, batch_size), encoded
 
 
 def run_config(model: SamModel, dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int]) -> dict:
     """What determines a run's rows: a resumed run must match it exactly."""
     from . import __version__
 
-    return {"model": model.name, "weights": model.fingerprint(), "data": str(dataset.root), "split": dataset.split,
+    return {"model": model.name, "weights": model.fingerprint(), "encoder": model.encoder_backend,
+            "plain": model.plain, "data": str(dataset.root), "split": dataset.split,
             "slices": [s.slice_id for s in dataset.slices], "prompts": [s.name for s in specs],
             "seeds": list(seeds), "samhw": __version__}
 
 
 def evaluate_to_csv(path: str | os.PathLike, config: dict, model: SamModel, cache: EmbeddingCache,
-                    dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int], batch_size: int = 1,
-                    progress: bool = True) -> pd.DataFrame:
+                    dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int],
+                    batch_size: int | None = None, progress: bool = True, workers: int | None = None) -> pd.DataFrame:
     """Evaluate into the CSV ``path``, resumably.
 
     Rows are appended to ``path.part`` slice by slice; an interrupted run with the same
@@ -117,7 +206,7 @@ def evaluate_to_csv(path: str | os.PathLike, config: dict, model: SamModel, cach
         part_config.write_text(config_text)
     with open(part, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
-        for rows in evaluate(model, cache, dataset, specs, seeds, batch_size, progress, done=done):
+        for rows in evaluate(model, cache, dataset, specs, seeds, batch_size, progress, done=done, workers=workers):
             writer.writerows(rows)
             handle.flush()
     os.replace(part, path)

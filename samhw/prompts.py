@@ -208,6 +208,13 @@ class Target:
             raise EmptyMaskError(f"{slice_id}: mask is empty: no prompt can be drawn from it")
         self.image = image
         self.slice_id = slice_id
+        self._memo: dict = {}
+
+    def memo(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """A per-slice quantity (a weight vector, say) computed once, reused by every seed."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -267,20 +274,30 @@ def _weighted_mean(coords: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 
 def _gaussian_p(t: Target, params: Mapping[str, float]) -> np.ndarray:
-    return normalize_log_weights(gaussian_log_weights(t.coords, t.center, params["sigma"]))
+    sigma = params["sigma"]
+    return t.memo(("gaussian", sigma),
+                  lambda: normalize_log_weights(gaussian_log_weights(t.coords, t.center, sigma)))
 
 
 def _bilateral_p(t: Target, params: Mapping[str, float]) -> np.ndarray:
-    colors = t.colors()
-    reference = dominant_color(colors, int(params["bin_width"]))
-    log_w = bilateral_log_weights(t.coords, colors, t.center, reference, params["sigma_s"], params["sigma_r"])
-    return normalize_log_weights(log_w)
+    key = ("bilateral", params["sigma_s"], params["sigma_r"], params["bin_width"])
+
+    def compute() -> np.ndarray:
+        colors = t.colors()
+        reference = dominant_color(colors, int(params["bin_width"]))
+        log_w = bilateral_log_weights(t.coords, colors, t.center, reference, params["sigma_s"], params["sigma_r"])
+        return normalize_log_weights(log_w)
+
+    return t.memo(key, compute)
 
 
 def _box_pixels(t: Target) -> np.ndarray:
-    x0, y0, x1, y1 = t.box
-    xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+    def compute() -> np.ndarray:
+        x0, y0, x1, y1 = t.box
+        xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
+        return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+    return t.memo(("box_pixels",), compute)
 
 
 def _background_corner(t: Target, rng: np.random.Generator) -> np.ndarray:

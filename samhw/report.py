@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["results_markdown", "update_readme", "START", "END"]
+__all__ = ["results_markdown", "update_readme", "replace_block", "START", "END"]
 
 START = "<!-- results:start (written by `python -m samhw report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -50,13 +50,18 @@ def results_markdown(results_dir: str | Path) -> str:
     ])
 
 
-def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
-    """Replace the README's results block with the tables of ``results_dir``; True if it changed."""
+def replace_block(readme: str | Path, start: str, end: str, body: str) -> bool:
+    """Replace what lies between the marker lines ``start`` and ``end``; True if it changed."""
     readme = Path(readme)
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme}: no results block; add the two marker lines {START!r} and {END!r}")
-    new = pattern.sub(lambda _: f"{START}\n{results_markdown(results_dir)}\n{END}", text)
+        raise ValueError(f"{readme}: no block to fill; add the two marker lines {start!r} and {end!r}")
+    new = pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
     readme.write_text(new)
     return new != text
+
+
+def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
+    """Replace the README's results block with the tables of ``results_dir``; True if it changed."""
+    return replace_block(readme, START, END, results_markdown(results_dir))

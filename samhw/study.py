@@ -97,10 +97,12 @@ def run_study(
     cache_dir: str | None = None,
     skip_bad: bool = False,
     limit: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     progress: bool = True,
     experiments: Sequence[str] = ("E1", "E2", "E3"),
     command: str | None = None,
+    plain: bool = False,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Run the study and write its results under ``out``; returns the summary."""
     from . import plots
@@ -108,7 +110,7 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    model = load_model(model_name, checkpoint, device)
+    model = load_model(model_name, checkpoint, device, plain=plain, cache_dir=cache_dir)
     cache = EmbeddingCache(model, cache_dir)
     prompts = [p for e in experiments for p in EXPERIMENTS[e]]
     specs = parse_prompts(prompts)
@@ -120,7 +122,7 @@ def run_study(
         tqdm.write(dataset.report(), file=sys.stderr)
         config = run_config(model, dataset, specs, seed_list)
         frames.append(evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
-                                      batch_size=batch_size, progress=progress))
+                                      batch_size=batch_size, progress=progress, workers=workers))
     rows = pd.concat(frames, ignore_index=True)
     summary = summarize(rows)
     summary.insert(0, "experiment", summary["prompt"].map(experiment_of))
@@ -135,7 +137,7 @@ def run_study(
     meta = {
         "command": command,
         "model": model.name, "checkpoint": model.checkpoint, "weights_sha256": config["weights"],
-        "device": str(model.device), "seeds": seed_list,
+        "device": str(model.device), "encoder_backend": model.encoder_backend, "plain": plain, "seeds": seed_list,
         "splits": {s: {"slices": len(d), "patients": len(d.patients), "empty_left_out": d.empty,
                        "skipped": [f"{p}: {why}" for p, why in d.skipped]} for s, d in datasets.items()},
         "data": str(next(iter(datasets.values())).root), "limit": limit, "versions": _versions(),

@@ -59,14 +59,14 @@ def test_interrupted_run_resumes_to_the_same_rows(lite_model, real_slices, cache
 
     monkeypatch.setattr(ev, "evaluate_slice", dies_on_third)
     out = tmp_path / "resumed.csv"
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_to_csv(out, config, lite_model, cache, real_slices, specs, [0, 1], progress=False)
+    with pytest.raises(KeyboardInterrupt):  # in-process, so that the patched function is the one called
+        evaluate_to_csv(out, config, lite_model, cache, real_slices, specs, [0, 1], progress=False, workers=1)
     part = out.with_name("resumed.csv.part")
     assert not out.exists() and part.exists()
     with open(part, "a") as handle:  # a kill in the middle of a line
         handle.write("test,TCGA_X,TCGA_X_1,box:0,0,0.5")
     monkeypatch.setattr(ev, "evaluate_slice", real)
-    resumed = evaluate_to_csv(out, config, lite_model, cache, real_slices, specs, [0, 1], progress=True)
+    resumed = evaluate_to_csv(out, config, lite_model, cache, real_slices, specs, [0, 1], progress=True, workers=2)
     captured = capsys.readouterr()
     assert "resuming resumed.csv: 2 of 4 slices already done" in captured.out + captured.err
     pd.testing.assert_frame_equal(resumed, whole)

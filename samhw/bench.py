@@ -1,0 +1,312 @@
+"""``python -m samhw bench``: the plain eager path against the project's path, on the same slices.
+
+Measured in one run: encoder time per slice, decoder time per prompt (one at a time and batched),
+the study's wall time on a subset of slices from a cold cache (and projected to a whole split),
+a decoder-only training step, peak memory, and the embedding cache's size on disk. Results are
+printed with their ratios and written as JSON and Markdown with the machine's description.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cache import EmbeddingCache
+from .data import load_dataset
+from .evaluate import evaluate, plan
+from .models import SamModel, load_model
+from .prompts import Target, parse_prompts
+from .study import EXPERIMENTS
+
+__all__ = ["run_bench", "describe_machine", "compare_paths"]
+
+
+def describe_machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return info
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled from /proc) or peak allocated memory (CUDA) of a block, in MB."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb: float | None = None
+
+    def _rss_mb(self) -> float | None:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = self._rss_mb()
+            if rss is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, rss)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _encoder_ms(model: SamModel, images: list[np.ndarray], batch: int, repeat: int) -> float:
+    chunk = images[:batch]
+    return 1000 * _timed(lambda: model.encode(chunk), model.device, repeat) / len(chunk)
+
+
+def _decoder_ms(model: SamModel, embedding: torch.Tensor, prompts, shape, batch: int, repeat: int) -> float:
+    context = model.image_context(embedding)
+    chunk = (prompts * batch)[:batch]
+    return 1000 * _timed(lambda: model.predict_masks(context, chunk, shape, False), model.device, repeat) / batch
+
+
+def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: torch.Tensor, fast: bool,
+                   repeat: int) -> float:
+    """One decoder-only step (Dice + BCE on box prompts, AdamW) on a batch of cached embeddings."""
+    decoder_params = [p for p in model.mask_decoder.parameters()]
+    saved = [p.detach().clone() for p in decoder_params]
+    optimizer = torch.optim.AdamW(decoder_params, lr=1e-6)
+    shape = tuple(truths.shape[-2:])
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with model.autocast():
+            losses = []
+            for embedding, prompt, truth in zip(embeddings, prompts, truths):
+                points, boxes = model.prompt_tensors([prompt], shape)
+                if fast:
+                    context = model.fast_decoder.prepare(embedding[None])
+                    logits, _ = model.fast_decoder.decode(context, points, boxes, False)
+                else:
+                    logits, _ = model.decode(embedding[None], points, boxes, False)
+                logits = model.postprocess(logits.float(), shape)[0, 0]
+                probs = logits.sigmoid()
+                dice = 1 - (2 * (probs * truth).sum() + 1) / (probs.sum() + truth.sum() + 1)
+                losses.append(dice + F.binary_cross_entropy_with_logits(logits, truth))
+            torch.stack(losses).mean().backward()
+        optimizer.step()
+
+    model.mask_decoder.train()
+    try:
+        return 1000 * _timed(step, model.device, repeat)
+    finally:
+        model.mask_decoder.eval()
+        with torch.no_grad():
+            for p, s in zip(decoder_params, saved):
+                p.copy_(s)
+
+
+def _study_subset(model: SamModel, dataset, seeds: int, cache_root: Path) -> dict:
+    """The study's prompts on ``dataset`` from a cold cache: seconds, per slice, peak memory."""
+    specs = parse_prompts([p for e in ("E1", "E2", "E3") for p in EXPERIMENTS[e]])
+    cache = EmbeddingCache(model, cache_root)
+    with PeakMemory(model.device) as memory:
+        start = time.perf_counter()
+        rows = [r for rs in evaluate(model, cache, dataset, specs, list(range(seeds)), progress=False) for r in rs]
+        seconds = time.perf_counter() - start
+    files = list(cache.folder.glob("*/*.npy"))
+    return {"seconds": round(seconds, 2), "per_slice_s": round(seconds / len(dataset), 3), "prompts": len(rows),
+            "ms_per_prompt": round(1000 * seconds / len(rows), 1),
+            "peak_mb": None if memory.peak_mb is None else round(memory.peak_mb), "mean_iou": float(np.mean([r["iou"] for r in rows])),
+            "cache_bytes_per_slice": int(np.mean([f.stat().st_size for f in files])) if files else None}
+
+
+def compare_paths(plain: SamModel, fast: SamModel, dataset, prompts: list[str], cache_root: Path,
+                  seed: int = 0) -> dict:
+    """Masks of the plain path (fresh fp32 eager embeddings) against the fast path (its own encoder
+    through a float16 cache): the share of agreeing pixels and both mean IoUs, over every prompt."""
+    from .metrics import iou
+
+    cache = EmbeddingCache(fast, cache_root)
+    specs = parse_prompts(prompts)
+    agree = total = 0
+    ious_plain, ious_fast = [], []
+    for item in dataset.slices:
+        target = Target(item.mask, item.image, item.slice_id)
+        plain_context = plain.image_context(plain.encode([item.image]))
+        fast_context = fast.image_context(cache.get(item.image))
+        for spec in specs:
+            prompt = spec.draw(target, seed)
+            a = plain.predict(plain_context, [prompt], item.mask.shape, spec.multimask)[0][0]
+            b = fast.predict(fast_context, [prompt], item.mask.shape, spec.multimask)[0][0]
+            agree += int((a == b).sum())
+            total += a.size
+            ious_plain.append(iou(a, item.mask))
+            ious_fast.append(iou(b, item.mask))
+    return {"pixel_agreement": agree / total, "iou_plain": float(np.mean(ious_plain)),
+            "iou_fast": float(np.mean(ious_fast)), "prompts": len(ious_plain)}
+
+
+def run_bench(data: str | None = None, split: str = "test", slices: int = 8, seeds: int = 3, device: str = "auto",
+              model_name: str = "litemedsam", checkpoint: str | None = None, repeat: int = 5,
+              out: str | Path | None = None, full_split_slices: int | None = None) -> dict:
+    """Measure both paths; returns the results and writes ``out``.json/.md if given."""
+    fast = load_model(model_name, checkpoint, device)
+    plain = load_model(model_name, checkpoint, fast.device, plain=True)
+    dev = fast.device
+    dataset = load_dataset(data, split, limit=slices)
+    images = [s.image for s in dataset.slices]
+    shape = dataset.slices[0].mask.shape
+    result: dict = {"machine": describe_machine(dev), "device": str(dev), "model": model_name, "split": split,
+                    "slices": len(dataset), "seeds": seeds, "encoder_backend": fast.encoder_backend}
+    batch_enc = 32 if dev.type == "cuda" else 1
+    batch_dec = 64 if dev.type == "cuda" else 16
+    print(f"benchmarking on {dev} ({result['machine'].get('gpu', result['machine']['cpu'])}), "
+          f"{len(dataset)} {split} slices, {seeds} seeds", flush=True)
+
+    enc = {"plain_ms": _encoder_ms(plain, images, 1, repeat), "fast_ms": _encoder_ms(fast, images, 1, repeat)}
+    if len(images) >= batch_enc > 1:
+        enc["fast_batched_ms"] = _encoder_ms(fast, images, batch_enc, max(1, repeat // 2))
+        enc["batch"] = batch_enc
+    result["encoder_per_slice"] = enc
+
+    embedding = fast.encode(images[:1])
+    target = Target(dataset.slices[0].mask, images[0], dataset.slices[0].slice_id)
+    prompts = [spec.draw(target, 0) for spec in parse_prompts(["box:0", "box:10"])]
+    result["decoder_per_prompt"] = {
+        "plain_ms": _decoder_ms(plain, embedding, prompts, shape, 1, repeat),
+        "fast_ms": _decoder_ms(fast, embedding, prompts, shape, 1, repeat),
+        "plain_batched_ms": _decoder_ms(plain, embedding, prompts, shape, batch_dec, max(1, repeat // 2)),
+        "fast_batched_ms": _decoder_ms(fast, embedding, prompts, shape, batch_dec, repeat),
+        "batch": batch_dec,
+    }
+
+    train_batch = 8
+    embeddings = fast.encode((images * train_batch)[:train_batch]).to(dev)
+    box_prompts = [parse_prompts(["box:10"])[0].draw(Target(s.mask, None, s.slice_id), 0)
+                   for s in (dataset.slices * train_batch)[:train_batch]]
+    truths = torch.stack([torch.from_numpy(s.mask).float() for s in (dataset.slices * train_batch)[:train_batch]]).to(dev)
+    result["train_step_batch8"] = {
+        "plain_ms": _train_step_ms(plain, embeddings, box_prompts, truths, False, max(1, repeat // 2)),
+        "fast_ms": _train_step_ms(fast, embeddings, box_prompts, truths, True, max(1, repeat // 2)),
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in (("fast", fast), ("plain", plain)):
+            model.onnx_dir = Path(tmp) / "onnx"  # a cold cache includes the ONNX export
+            model._onnx = None
+            result.setdefault("study_subset", {})[name] = _study_subset(model, dataset, seeds, Path(tmp) / name)
+        result["equivalence"] = compare_paths(plain, fast, dataset, [p for e in EXPERIMENTS.values() for p in e],
+                                              Path(tmp) / "fast")
+    subset = result["study_subset"]
+    n_prompts = len(plan(parse_prompts([p for e in EXPERIMENTS.values() for p in e]), list(range(seeds))))
+    subset["prompts_per_slice"] = n_prompts
+    if full_split_slices:
+        subset["projected_split_slices"] = full_split_slices
+        for name in ("fast", "plain"):
+            subset[name]["projected_split_min"] = round(subset[name]["per_slice_s"] * full_split_slices / 60, 1)
+    bytes_per_slice = subset["fast"]["cache_bytes_per_slice"]
+    result["cache"] = {"bytes_per_slice": bytes_per_slice, "shared_copy_gb": round(bytes_per_slice * 1092 / 1e9, 2),
+                       "float32_shared_copy_gb": round((bytes_per_slice - 128) * 2 * 1092 / 1e9, 2)}
+    result["ratios"] = {
+        "encoder": round(enc["plain_ms"] / min(enc["fast_ms"], enc.get("fast_batched_ms", np.inf)), 2),
+        "decoder_one": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_ms"], 2),
+        "decoder_batched": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_batched_ms"], 2),
+        "train_step": round(result["train_step_batch8"]["plain_ms"] / result["train_step_batch8"]["fast_ms"], 2),
+        "study": round(subset["plain"]["seconds"] / subset["fast"]["seconds"], 2),
+    }
+    text = format_bench(result)
+    print(text)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text + "\n")
+        print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return result
+
+
+def format_bench(r: dict) -> str:
+    m = r["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads"
+    enc, dec, train, sub = r["encoder_per_slice"], r["decoder_per_prompt"], r["train_step_batch8"], r["study_subset"]
+    lines = [
+        f"# Benchmark: {r['model']} on {r['device']} ({where})",
+        "",
+        f"torch {m['torch']}, Python {m['python']}; {r['slices']} {r['split']} slices, {r['seeds']} seeds; "
+        f"encoder backend of the fast path: {r['encoder_backend']}.",
+        "",
+        "| measure | plain eager | samhw | ratio |",
+        "|---|---|---|---|",
+        f"| encoder, ms per slice | {enc['plain_ms']:.1f} | {enc['fast_ms']:.1f}"
+        + (f" (batch {enc['batch']}: {enc['fast_batched_ms']:.2f})" if "fast_batched_ms" in enc else "")
+        + f" | {r['ratios']['encoder']}x |",
+        f"| decoder, ms per prompt, one at a time | {dec['plain_ms']:.2f} | {dec['fast_ms']:.2f} | {r['ratios']['decoder_one']}x |",
+        f"| decoder, ms per prompt, batch {dec['batch']} | {dec['plain_batched_ms']:.2f} | {dec['fast_batched_ms']:.2f} "
+        f"| {r['ratios']['decoder_batched']}x (vs plain one at a time) |",
+        f"| decoder-only training step, batch 8, ms | {train['plain_ms']:.0f} | {train['fast_ms']:.0f} | {r['ratios']['train_step']}x |",
+        f"| study prompts on {r['slices']} slices from a cold cache, s | {sub['plain']['seconds']:.1f} | "
+        f"{sub['fast']['seconds']:.1f} | {r['ratios']['study']}x |",
+        f"| peak memory during that, MB | {sub['plain']['peak_mb']} | {sub['fast']['peak_mb']} | |",
+        f"| mean IoU over those {sub['fast']['prompts']} prompts | {sub['plain']['mean_iou']:.5f} | "
+        f"{sub['fast']['mean_iou']:.5f} | |",
+    ]
+    if "projected_split_slices" in sub:
+        lines.append(f"| projected for {sub['projected_split_slices']} slices, min | {sub['plain']['projected_split_min']} "
+                     f"| {sub['fast']['projected_split_min']} | |")
+    eq = r["equivalence"]
+    lines.append(f"| masks of every study prompt (seed 0): pixels agreeing | | {eq['pixel_agreement']:.5%} | "
+                 f"mean IoU {eq['iou_plain']:.5f} vs {eq['iou_fast']:.5f} |")
+    c = r["cache"]
+    lines += ["", f"Study throughput: {sub['fast']['ms_per_prompt']} ms per prompt with samhw's path "
+                  f"({sub['plain']['ms_per_prompt']} plain), everything included (encoding from a cold cache, drawing, "
+                  "decoding, scoring), with the default workers.",
+              "", f"Embedding cache: {c['bytes_per_slice']:,} bytes per slice (float16), {c['shared_copy_gb']} GB for the "
+                  f"1092 slices of the shared copy ({c['float32_shared_copy_gb']} GB in float32)."]
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""A faster, inference-only evaluation of SAM's prompt encoder and mask decoder, same weights.
+
+It computes what ``MaskDecoder(...)`` computes, rearranged (results agree to float rounding;
+``tests/test_fast_decoder.py`` checks masks and IoU against the plain path):
+
+* Per image, once: the image tokens with the no-mask embedding, the dense positional encoding,
+  and everything of the first layer that depends on the image alone (the token-to-image keys
+  and values, the image-to-token queries).
+* Attention projections on the 4096 image tokens are folded into the few prompt tokens:
+  ``softmax(q Wk (K + P)^T) (K Wv^T + bv) = (softmax(...) K) Wv^T + bv`` since attention rows
+  sum to 1, and ``q Wk bk`` is constant along the softmax so it drops out. Likewise the
+  image-to-token queries and output projection fold into the tokens' keys and values.
+* The stride-2 transposed convolutions of the upscaler are per-pixel matrix products applied in
+  the tokens' (N, C) layout, so nothing is transposed back to (C, H, W) until the final mask.
+* With one mask asked for, or the best of three by predicted IoU, only that mask is upscaled
+  through the hypernetwork product.
+
+Shapes: ``B`` prompts of one image, ``T`` tokens (5 output tokens + prompt tokens), ``N`` = 64*64
+image tokens, ``C`` = 256 channels, ``H`` = 8 heads of ``D`` = 16 (internal dim 128).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+
+__all__ = ["FastDecoder", "ImageContext"]
+
+#: Image tokens per step of the row-wise stages (the upscaler, image-to-token attention): small
+#: enough for their intermediates to stay in the CPU cache.
+UPSCALE_CHUNK = 1024
+ROW_CHUNK = 1024
+
+
+@dataclass
+class ImageContext:
+    """Per-image tensors shared by every prompt of the image (and the weights rearranged once)."""
+
+    keys: torch.Tensor  # (1, N, C) image tokens + no-mask embedding
+    pos: torch.Tensor  # (1, N, C) dense positional encoding
+    k1: torch.Tensor  # (H, N, D) first layer, token-to-image keys, scaled by 1/sqrt(D)
+    v1: torch.Tensor  # (H, N, D) first layer, token-to-image values
+    q1: torch.Tensor  # (N, H*D) first layer, image-to-token queries, scaled by 1/sqrt(D)
+    size: tuple[int, int]  # (h, w) of the embedding
+    folded: dict  # per attention module: its projections rearranged for folding
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., L, H*D) -> (..., H, L, D)"""
+    *lead, length, dim = x.shape
+    return x.reshape(*lead, length, heads, dim // heads).transpose(-3, -2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, L, D) -> (..., L, H*D)"""
+    *lead, heads, length, dim = x.shape
+    return x.transpose(-3, -2).reshape(*lead, length, heads * dim)
+
+
+def _fold(attn: Attention, heads: int) -> dict:
+    """An attention module's projections split per head, the 1/sqrt(D) scale folded into q or k."""
+    d = attn.internal_dim // heads
+    scale = 1.0 / math.sqrt(d)
+    return {
+        "wk": attn.k_proj.weight.reshape(heads, d, -1) * scale,  # (H, D, C)
+        "wq_t": attn.q_proj.weight.reshape(heads, d, -1).transpose(1, 2) * scale,  # (H, C, D)
+        "bq": attn.q_proj.bias.reshape(1, heads, 1, d) * scale,
+        "wv_t": attn.v_proj.weight.reshape(heads, d, -1).transpose(1, 2),  # (H, C, D)
+        "bv": attn.v_proj.bias.reshape(heads, 1, d),
+        "wo": attn.out_proj.weight.reshape(-1, heads, d).permute(1, 2, 0).unsqueeze(0),  # (1, H, D, C)
+    }
+
+
+class FastDecoder:
+    """Inference-only decoder over the weights of a ``PromptEncoder`` and ``MaskDecoder``.
+
+    Weights are read when an image is prepared, so a context follows the weights of its time.
+    """
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder):
+        self.pe = prompt_encoder
+        self.md = mask_decoder
+        self.heads = mask_decoder.transformer.num_heads
+        self._dense_pe: dict[torch.device, torch.Tensor] = {}
+
+    def dense_pe(self) -> torch.Tensor:
+        """(1, N, C) positional encoding of the embedding grid (a fixed buffer), once per device."""
+        device = self.pe.no_mask_embed.weight.device
+        if device not in self._dense_pe:
+            self._dense_pe[device] = self.pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
+        return self._dense_pe[device]
+
+    def prepare(self, embedding: torch.Tensor) -> ImageContext:
+        """Per-image work for a (1, C, h, w) embedding."""
+        _, c, h, w = embedding.shape
+        keys = embedding.flatten(2).transpose(1, 2) + self.pe.no_mask_embed.weight.reshape(1, 1, c)
+        pos = self.dense_pe()
+        tr = self.md.transformer
+        first = tr.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        scale = 1.0 / math.sqrt(t2i.internal_dim // self.heads)
+        k1 = _heads(t2i.k_proj(keys + pos)[0] * scale, self.heads)
+        v1 = _heads(t2i.v_proj(keys)[0], self.heads)
+        q1 = i2t.q_proj(keys + pos)[0] * scale
+        modules = [i2t] + [a for layer in tr.layers[1:] for a in (layer.cross_attn_token_to_image,
+                                                                  layer.cross_attn_image_to_token)]
+        folded = {id(a): _fold(a, self.heads) for a in modules + [tr.final_attn_token_to_image]}
+        conv1, _, _, conv2, _ = self.md.output_upscaling
+        folded["w1"] = conv1.weight.permute(0, 2, 3, 1).reshape(c, -1)  # (C, a*b*C1) for output offset (a, b)
+        folded["w2"] = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
+        return ImageContext(keys, pos, k1, v1, q1, (h, w), folded)
+
+    # -- attention pieces
+
+    def _token_to_image(self, attn: Attention, f: dict, q: torch.Tensor, keys: torch.Tensor,
+                        kin: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, C) attend to image ``keys`` (B, N, C) with key input ``kin`` = keys + pos."""
+        qh = _heads(attn.q_proj(q), self.heads)  # (B, H, T, D)
+        qk = (qh @ f["wk"]).flatten(1, 2)  # (B, H*T, C): the key projection folded into the queries
+        probs = (qk @ kin.transpose(1, 2)).softmax(dim=-1)  # (B, H*T, N)
+        mixed = (probs @ keys).unflatten(1, (self.heads, -1))  # (B, H, T, C)
+        vh = mixed @ f["wv_t"] + f["bv"]  # (B, H, T, D): the value projection after the mixing
+        return attn.out_proj(_merge(vh))
+
+    def _image_to_token(self, attn: Attention, f: dict, norm: torch.nn.LayerNorm, keys: torch.Tensor,
+                        kin: torch.Tensor | None, q_flat: torch.Tensor | None, pos: torch.Tensor,
+                        tokens_k: torch.Tensor, tokens_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens attend to the prompt tokens; returns the new image tokens
+        ``norm(keys + update)`` (B, N, C) and the next key input (those + ``pos``).
+
+        Queries are either precomputed (``q_flat`` (N, H*D), first layer) or folded from the
+        image key input ``kin`` (B, N, C). Since each head's attention weights sum to 1, the output
+        bias is folded into the values, and the residual ``keys`` is the GEMM's accumulator. Every
+        step is row-wise in the image tokens, so they are processed ``ROW_CHUNK`` at a time, each
+        chunk passing through all steps while it is in the CPU cache.
+        """
+        kh = _heads(attn.k_proj(tokens_k), self.heads).transpose(-1, -2)  # (B, H, D, T)
+        vh = _heads(attn.v_proj(tokens_v), self.heads)  # (B, H, T, D)
+        b, h, d, t = kh.shape
+        if q_flat is not None:  # block-diagonal keys: one GEMM over all heads
+            block = torch.einsum("bhdt,hg->bhdgt", kh, torch.eye(h, dtype=kh.dtype, device=kh.device))
+            block = block.reshape(b, h * d, h * t)
+        else:
+            fold = (f["wq_t"].unsqueeze(0) @ kh).permute(0, 2, 1, 3).reshape(b, -1, h * t)  # (B, C, H*T)
+            bias = (f["bq"] @ kh).reshape(b, 1, -1)  # (B, 1, H*T)
+        vo = (vh @ f["wo"]).flatten(1, 2) + attn.out_proj.bias / h  # (B, H*T, C): output projection and bias folded in
+        n, c = pos.shape[-2:]
+        if ROW_CHUNK >= n:
+            scores = q_flat @ block if q_flat is not None else torch.baddbmm(bias, kin, fold)
+            probs = scores.unflatten(-1, (h, t)).softmax(dim=-1).flatten(2)
+            new_keys = F.layer_norm(torch.baddbmm(keys, probs, vo), (c,), norm.weight, norm.bias, norm.eps)
+            return new_keys, new_keys + pos
+        new_keys = pos.new_empty(b, n, c, dtype=torch.promote_types(keys.dtype, vo.dtype))
+        new_kin = torch.empty_like(new_keys)
+        for start in range(0, n, ROW_CHUNK):
+            rows = slice(start, start + ROW_CHUNK)
+            scores = q_flat[rows] @ block if q_flat is not None else torch.baddbmm(bias, kin[:, rows], fold)
+            probs = scores.unflatten(-1, (h, t)).softmax(dim=-1).flatten(2)  # (B, R, H*T)
+            out = F.layer_norm(torch.baddbmm(keys[:, rows], probs, vo), (c,), norm.weight, norm.bias, norm.eps)
+            new_keys[:, rows] = out
+            torch.add(out, pos[:, rows], out=new_kin[:, rows])
+        return new_keys, new_kin
+
+    def _block(self, layer: TwoWayAttentionBlock, queries, query_pe, keys, kin, ctx: ImageContext, first: bool):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        q = queries + query_pe
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if first:  # the image side was computed once in prepare()
+            qh = _heads(t2i.q_proj(q), self.heads)
+            probs = (qh @ ctx.k1.transpose(-1, -2).unsqueeze(0)).softmax(dim=-1)
+            queries = queries + t2i.out_proj(_merge(probs @ ctx.v1.unsqueeze(0)))
+        else:
+            queries = queries + self._token_to_image(t2i, ctx.folded[id(t2i)], q, keys, kin)
+        queries = layer.norm2(queries)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q = queries + query_pe
+        keys, kin = self._image_to_token(i2t, ctx.folded[id(i2t)], layer.norm4, keys, kin,
+                                         ctx.q1 if first else None, ctx.pos, q, queries)
+        return queries, keys, kin
+
+    # -- public
+
+    def decode(self, ctx: ImageContext, points, boxes, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution logits (B, 1, 4h, 4w) of the chosen mask and its predicted IoU (B, 1).
+
+        The chosen mask is mask 0 without ``multimask``, else the best of masks 1-3 by predicted IoU.
+        """
+        sparse, _ = self.pe(points=points, boxes=boxes, masks=None)
+        return self.decode_tokens(ctx, sparse, multimask)
+
+    def decode_tokens(self, ctx: ImageContext, sparse: torch.Tensor, multimask: bool):
+        """:meth:`decode` from the prompt encoder's sparse tokens (B, P, C)."""
+        md, tr = self.md, self.md.transformer
+        b = sparse.shape[0]
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+        queries, keys, kin = tokens, ctx.keys, None
+        for i, layer in enumerate(tr.layers):
+            queries, keys, kin = self._block(layer, queries, tokens, keys, kin, ctx, first=i == 0)
+        final = tr.final_attn_token_to_image
+        update = self._token_to_image(final, ctx.folded[id(final)], queries + tokens, keys, kin)
+        queries = tr.norm_final_attn(queries + update)
+        iou = md.iou_prediction_head(queries[:, 0])  # (B, 4)
+        if multimask:
+            choice = iou[:, 1:].argmax(dim=1) + 1
+        else:
+            choice = torch.zeros(b, dtype=torch.long, device=iou.device)
+        rows = torch.arange(b, device=iou.device)
+        mask_tokens = queries[:, 1:1 + md.num_mask_tokens]  # (B, 4, C)
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        logits = self._upscale(keys, hyper[rows, choice], ctx)  # (B, 4h, 4w)
+        return logits[:, None], iou[rows, choice][:, None]
+
+    def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor, ctx: ImageContext, chunk: int = UPSCALE_CHUNK) -> torch.Tensor:
+        """SAM's upscaler and hypernetwork product for one mask per prompt, in the (N, C) layout.
+
+        ``keys`` (B, N, C), ``hyper`` (B, C/8) -> logits (B, 4h, 4w). Image tokens are processed
+        ``chunk`` at a time so that the large intermediates stay in the CPU cache.
+        """
+        conv1, norm, act1, conv2, act2 = self.md.output_upscaling
+        b, n, _ = keys.shape
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
+        out = keys.new_empty(b, n, 16)
+        for start in range(0, n, chunk):
+            k = keys[:, start:start + chunk]
+            m = k.shape[1]
+            x = torch.addmm(b1, k.reshape(b * m, -1), ctx.folded["w1"]).reshape(b * m, 4, c1)
+            x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = act2(torch.addmm(b2, x.reshape(-1, c1), ctx.folded["w2"]))  # (B*m*ab, a2b2*C2)
+            out[:, start:start + m] = (x.reshape(b, m * 16, c2) @ hyper[:, :, None]).reshape(b, m, 16)
+        h, w = ctx.size
+        masks = out.reshape(b, h, w, 2, 2, 2, 2)  # (B, i, j, a, b, a2, b2): pixel (4i+2a+a2, 4j+2b+b2)
+        return masks.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, 4 * h, 4 * w)

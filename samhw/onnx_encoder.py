@@ -1,0 +1,75 @@
+"""The image encoder through ONNX Runtime on the CPU (about 1.6-2x faster there than eager PyTorch).
+
+The encoder is exported once per weights (a few seconds) to ``<cache>/onnx/<encoder key>.onnx``
+and loaded from there afterwards. Embeddings agree with eager fp32 to about 1e-5.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["OnnxEncoder", "onnx_available"]
+
+#: Encoders larger than this are kept in PyTorch (ONNX files over 2 GB need external data).
+MAX_PARAM_BYTES = 1_500_000_000
+OPSET = 20
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _export(encoder: nn.Module, input_size: int, path: Path) -> None:
+    """Trace the encoder for a batch of one into an ONNX file, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    example = torch.zeros(1, 3, input_size, input_size)
+    flags = [p.requires_grad for p in encoder.parameters()]
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(encoder, (example,), str(tmp), input_names=["image"], output_names=["embedding"],
+                              opset_version=OPSET, dynamo=False)
+    finally:
+        for p, flag in zip(encoder.parameters(), flags):
+            p.requires_grad_(flag)
+    os.replace(tmp, path)
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session for one image encoder (its weights at construction time)."""
+
+    def __init__(self, encoder: nn.Module, input_size: int, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        if not path.exists():
+            _export(encoder, input_size, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    @staticmethod
+    def suitable(encoder: nn.Module) -> bool:
+        size = sum(p.numel() * p.element_size() for p in encoder.parameters())
+        return size < MAX_PARAM_BYTES and onnx_available()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float32 CPU input -> (B, 256, 64, 64) float32 embedding, one image at a time
+        (TinyViT's reshapes are traced with a fixed batch of one)."""
+        array = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        return torch.from_numpy(np.concatenate([self.session.run(None, {"image": a[None]})[0] for a in array]))

@@ -1,0 +1,140 @@
+"""A real browser drives a widget: JupyterLab on localhost, a small notebook opened in headless
+Chromium (Debian's ``chromium`` package, driven by Playwright; no browser is downloaded), run,
+its margin slider dragged, and the redraw checked.
+
+CI (``.ci/run``) installs Chromium with apt and sets SAMHW_REQUIRE_BROWSER=1, so there a missing
+browser fails instead of skipping.
+"""
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SAMHW_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        if os.environ.get("SAMHW_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DEMO = """\
+from samhw import widgets, workbook
+model, cache = workbook.live_model(device="cpu")
+explorer = widgets.MarginExplorer(model, cache, workbook.live_slices("test", 3), margin=0, slice_index=1)
+explorer"""
+
+
+@pytest.fixture
+def lab(tmp_path, data_dir, cache_dir):
+    """JupyterLab on a free localhost port with a token, serving a temp folder holding demo.ipynb;
+    stopped (with its kernels) at the end."""
+    _need(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install -y chromium")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(DEMO)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    root = tmp_path / "lab"
+    root.mkdir()
+    nbformat.write(notebook, root / "demo.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "SAMHW_DATA": str(data_dir), "SAMHW_CACHE": str(cache_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
+    log = open(tmp_path / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
+         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None", "--LabApp.check_for_updates_class="
+         "jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'jupyterlab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, token, tmp_path
+    finally:
+        server.send_signal(signal.SIGTERM)  # shuts its kernels down too
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)  # the session this fixture started: server and kernels
+            server.wait()
+        log.close()
+
+
+def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, token, tmp_path = lab
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/lab/tree/demo.ipynb?token={token}")
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            status = page.locator(".samhw-status")
+            status.wait_for(timeout=240_000)  # the kernel loads the model and encodes the slices
+            page.wait_for_function("() => document.querySelector('.samhw-status').innerText.includes('IoU')",
+                                   timeout=60_000)
+            before_text = status.inner_text()
+            image = page.locator("img.samhw-image")
+            before_src = image.get_attribute("src")
+            assert "max margin 0:" in before_text, before_text
+
+            handle = page.locator(".samhw-margin .noUi-handle")
+            track = page.locator(".samhw-margin .noUi-target").bounding_box()
+            start = handle.bounding_box()
+            page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(track["x"] + 0.9 * track["width"], start["y"] + start["height"] / 2, steps=12)
+            page.mouse.up()
+
+            page.wait_for_function("(before) => document.querySelector('.samhw-status').innerText !== before",
+                                   arg=before_text, timeout=30_000)
+            after_text = status.inner_text()
+            margin = int(re.search(r"max margin (-?\d+):", after_text).group(1))
+            readout = page.locator(".samhw-margin .widget-readout").inner_text()
+            assert margin > 20 and int(readout) == margin, (after_text, readout)
+            tight = re.search(r"tight (\[[^\]]+\])", after_text).group(1)
+            box = re.search(r"box (\[[^\]]+\])", after_text).group(1)
+            assert box != tight and "IoU" in after_text
+            page.wait_for_function("(before) => document.querySelector('img.samhw-image').src !== before",
+                                   arg=before_src, timeout=10_000)
+        finally:
+            browser.close()
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
