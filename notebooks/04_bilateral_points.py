@@ -12,24 +12,17 @@
 # Defaults: sigma_s = 100 px (the Gaussian strategies' sigma) and sigma_r = 40 grey levels.
 # Here: the weight maps, the points they choose, and whether they beat the Gaussian variants.
 #
-# As in notebook 03, LiteMedSAM's single-point masks are near empty (it was trained with boxes), so
-# the one-point comparison is between numbers near 0; a box plus point pair is added live.
+# As in notebook 03, the pretrained LiteMedSAM's single-point masks are near empty (it was trained
+# with boxes), so its one-point comparison is between numbers near 0 and a box plus point pair is
+# added live; the committed results of the fine-tuned model (`python -m samhw finetune`) compare the
+# weightings where one point gives a real mask.
 
 # %%
-# Setup. Locally this does nothing: samhw is installed (make install) or this notebook sits in its checkout.
-# In Colab it installs samhw from a copy of this repository uploaded to /content (there is no public URL).
-import importlib.util, pathlib, subprocess, sys  # noqa: E401
-if importlib.util.find_spec("samhw") is None:
-    places = [pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *sorted(pathlib.Path("/content").glob("*"))]
-    root = next((p for p in places if (p / "samhw" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()), None)
-    if root is None:
-        raise ModuleNotFoundError(
-            "samhw is not installed. In Colab: zip your checkout of this repository, upload it with the Files panel, "
-            "run `!unzip -q samhw.zip -d /content/`, then run this cell again. Elsewhere: `pip install -e .` in the checkout.")
-    if "google.colab" in sys.modules:
-        pins = [w for w in (root / "requirements-dev.txt").read_text().split() if w.startswith("ipywidgets==")]
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(root), *pins], check=True)
-    sys.path.insert(0, str(root))
+# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
+# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
+import importlib.util, subprocess, sys  # noqa: E401
+if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
 
 # %%
 from samhw import plots, study, widgets, workbook
@@ -96,8 +89,8 @@ workbook.paired_difference(rows, PAIRS + BOX_PAIR)
 # %% [markdown]
 # ## The committed study
 # Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
-# that made it). Every results folder present is shown: today the pretrained model; the fine-tuned
-# model's results come with the fine-tuning issue and will appear here as another folder.
+# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and,
+# once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
 
 # %%
 results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else workbook.load_results()

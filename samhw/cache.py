@@ -103,6 +103,10 @@ class EmbeddingCache:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
+    def count(self) -> int:
+        """How many embeddings this cache folder holds."""
+        return sum(1 for _ in self.folder.glob("*/*.npy")) if self.folder.exists() else 0
+
     def _sweep_stale_tmp(self, age_s: float = 3600) -> None:
         if self.folder.exists():
             for tmp in self.folder.glob("*/*.tmp"):

@@ -1,7 +1,8 @@
-"""Command line: ``python -m samhw {study,evaluate,report,split} ...`` (``--help`` on each)."""
+"""Command line: ``python -m samhw {study,evaluate,finetune,report,bench,split} ...`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,13 +20,14 @@ def _positive_int(text: str) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
     parser.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
-    parser.add_argument("--checkpoint", help="weights: an official SAM checkpoint or one written by samhw finetune")
+    parser.add_argument("--checkpoint", help="weights: an official SAM checkpoint, or a project checkpoint of the same model")
     parser.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds for random prompts (default 3)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--cache", help="embedding cache folder (default: $SAMHW_CACHE, else ~/.cache/samhw)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable or inconsistent slices, counting and listing them, instead of stopping")
-    parser.add_argument("--limit", type=_positive_int, help="only N tumor slices of each split, evenly spread over its patients (quick runs)")
+    parser.add_argument("--limit", type=_positive_int,
+                        help="only N tumor slices of each split, evenly spread over its patients (quick runs)")
     parser.add_argument("--batch-size", type=_positive_int,
                         help="prompts of one slice decoded together (default: 1 on CPU, 64 on CUDA)")
     parser.add_argument("--workers", type=_positive_int,
@@ -48,8 +50,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(dataset.report(), file=sys.stderr)
     out = Path(args.out or f"runs/evaluate_{args.model}_{args.split}.csv")
     seeds = list(range(args.seeds))
-    rows = evaluate_to_csv(out, run_config(model, dataset, specs, seeds), model, EmbeddingCache(model, args.cache), dataset, specs, seeds,
-                           batch_size=args.batch_size, progress=not args.quiet, workers=args.workers)
+    rows = evaluate_to_csv(out, run_config(model, dataset, specs, seeds), model, EmbeddingCache(model, args.cache),
+                           dataset, specs, seeds, batch_size=args.batch_size, progress=not args.quiet,
+                           workers=args.workers)
     print(format_summary(summarize(rows)))
     if dataset.skipped:
         print(f"\nSKIPPED {len(dataset.skipped)} bad slices; see the list above", file=sys.stderr)
@@ -58,27 +61,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_study(args: argparse.Namespace) -> None:
     from .report import update_readme
-    from .study import run_study
+    from .study import run_study, write_comparison
 
     out = args.out or f"results/{args.model}"
-    run_study(out, data=args.data, splits=args.splits, model_name=args.model, checkpoint=args.checkpoint,
-              seeds=args.seeds, device=args.device, cache_dir=args.cache, skip_bad=args.skip_bad, limit=args.limit,
-              batch_size=args.batch_size, progress=not args.quiet, experiments=args.experiments, plain=args.plain,
-              workers=args.workers,
-              command="python -m samhw " + " ".join(args.argv))
+    common = dict(data=args.data, splits=args.splits, model_name=args.model, seeds=args.seeds, device=args.device,
+                  cache_dir=args.cache, skip_bad=args.skip_bad, limit=args.limit, batch_size=args.batch_size,
+                  progress=not args.quiet, experiments=args.experiments, plain=args.plain, workers=args.workers,
+                  command="python -m samhw " + " ".join(args.argv))
+    run_study(out, checkpoint=args.checkpoint, reuse=args.reuse or bool(args.finetuned), **common)
+    dirs = [out]
+    if args.finetuned:
+        dirs.append(f"{out}-finetuned")
+        run_study(dirs[1], checkpoint=args.finetuned, reuse=args.reuse, **common)
+        print(f"wrote the comparison to {write_comparison(*dirs, checkpoint=args.finetuned)}")
     if args.readme:
-        changed = update_readme(args.readme, out)
+        changed = update_readme(args.readme, *dirs)
         print(f"{'updated' if changed else 'unchanged'}: results table in {args.readme}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from .report import results_markdown, update_readme
+    from .report import results_block, update_readme
 
     if args.readme:
-        changed = update_readme(args.readme, args.results)
+        changed = update_readme(args.readme, *args.results)
         print(f"{'updated' if changed else 'unchanged'}: results table in {args.readme}")
     else:
-        print(results_markdown(args.results))
+        print(results_block(args.results))
 
 
 def _cmd_split(args: argparse.Namespace) -> None:
@@ -104,13 +112,28 @@ def _cmd_split(args: argparse.Namespace) -> None:
     print("; ".join(f"{s}: {t[0]} patients, {t[1]} slices" for s, t in sorted(totals.items())), file=sys.stderr)
 
 
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from .train import TRAIN_MIX, VAL_PROMPTS, FinetuneConfig, finetune, parse_mix
+
+    config = FinetuneConfig(
+        model=args.model, checkpoint=args.checkpoint, parts=tuple(args.train), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
+        val_limit=args.val_limit, mix=parse_mix(args.train_prompts) if args.train_prompts else tuple(TRAIN_MIX.items()),
+        val_prompts=tuple(args.val_prompts or VAL_PROMPTS))
+    out = args.out or f"runs/{args.model}-finetuned"
+    best = finetune(config, out, data=args.data, device=args.device, cache_dir=args.cache, resume=args.resume,
+                    skip_bad=args.skip_bad, progress=not args.quiet, command="python -m samhw " + " ".join(args.argv))
+    print(f"best epoch {best['epoch']} (mean validation IoU {best['val_mean']:.4f}): {out}/best.pt\n"
+          f"compare it with the pretrained model: python -m samhw study --model {args.model} --splits test train "
+          f"--finetuned {out}/best.pt")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     import re
 
     import torch
 
     from .bench import run_bench
-    from .data import discover, resolve_data_dir, split_of
     from .models import resolve_device
 
     device = resolve_device(args.device)
@@ -120,10 +143,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         out = "results/bench/cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
     else:
         out = f"results/bench/cpu-{os.cpu_count()}core"
-    records, _ = discover(resolve_data_dir(args.data))
-    in_split = sum(1 for r in records if args.split == "all" or split_of(r.patient) == args.split)
-    run_bench(args.data, args.split, args.slices, args.seeds, str(device), args.model, args.checkpoint, args.repeat,
-              out, full_split_slices=in_split)
+    record = Path(f"results/{args.model}/summary.json")
+    study = json.loads(record.read_text()) if record.is_file() and device.type == "cpu" else None
+    run_bench(args.data, args.split, args.slices, args.seeds, str(device), args.model, args.checkpoint, args.repeat, out,
+              study_record=study)
     if args.readme:
         from .report import replace_block
 
@@ -144,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--experiments", nargs="+", default=["E1", "E2", "E3"], choices=["E1", "E2", "E3"])
     study.add_argument("--out", help="results folder (default results/<model>)")
     study.add_argument("--readme", help="also rewrite the results table of this README")
+    study.add_argument("--finetuned", metavar="CHECKPOINT",
+                       help="also run the study with this fine-tuned checkpoint (of --model) into <out>-finetuned and "
+                            "compare it with the pretrained model (the report's Table I and figures 4-5)")
+    study.add_argument("--reuse", action="store_true",
+                       help="keep a split's rows made with exactly this configuration instead of evaluating again "
+                            "(always on for the pretrained side of --finetuned)")
     study.set_defaults(func=_cmd_study)
 
     evaluate = sub.add_parser("evaluate", help="evaluate chosen prompts; one CSV row per (prompt, seed, slice)")
@@ -156,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     report = sub.add_parser("report", help="print a results folder as Markdown, or write it into the README")
-    report.add_argument("results", help="a folder written by study, e.g. results/litemedsam")
+    report.add_argument("results", nargs="+", help="a folder written by study, e.g. results/litemedsam; or two, "
+                        "pretrained then fine-tuned, for the comparison")
     report.add_argument("--readme", help="rewrite the results block of this file")
     report.set_defaults(func=_cmd_report)
 
@@ -173,6 +203,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--readme", help="also write the table into this README's bench block")
     bench.set_defaults(func=_cmd_bench)
 
+    tune = sub.add_parser("finetune", help="fine-tune on the train split, select on the validation split (E4)")
+    tune.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
+    tune.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
+    tune.add_argument("--checkpoint", help="starting weights (default: the model's bundled ones)")
+    tune.add_argument("--out", help="run folder (default runs/<model>-finetuned): last.pt, best.pt, log.json, curves.png")
+    tune.add_argument("--epochs", type=_positive_int, default=8)
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    tune.add_argument("--train", nargs="+", default=["decoder"], choices=["decoder", "prompt_encoder", "image_encoder"],
+                      help="parts to train (default decoder; image_encoder is for a GPU)")
+    tune.add_argument("--train-prompts", nargs="+", metavar="NAME[@WEIGHT]",
+                      help="prompts drawn in training (default: a box half the time, box:0, box:10 or box:20, else one "
+                           "point of the six foreground strategies, sometimes with the background point)")
+    tune.add_argument("--val-prompts", nargs="+", help="prompts of the validation score (default: "
+                      "box:0 box:20 random_gaussian center_gaussian center_gaussian+background)")
+    tune.add_argument("--batch-size", type=_positive_int, default=8)
+    tune.add_argument("--lr", type=float, default=1e-4)
+    tune.add_argument("--weight-decay", type=float, default=0.01)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--limit", type=_positive_int, help="only N train slices (quick runs)")
+    tune.add_argument("--val-limit", type=_positive_int, help="only N validation slices (quick runs)")
+    tune.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    tune.add_argument("--cache", help="embedding cache folder (default: $SAMHW_CACHE, else ~/.cache/samhw)")
+    tune.add_argument("--skip-bad", action="store_true", help="skip unreadable or inconsistent slices, counted")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    tune.set_defaults(func=_cmd_finetune)
+
     split = sub.add_parser("split", help="list each patient's split (the rule is in data/README.md)")
     split.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
     split.add_argument("--write", help="write the CSV here (e.g. data/split.csv)")
@@ -184,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import ModelError
     from .prompts import EmptyMaskError, PromptError
+    from .train import FinetuneError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
         args.func(args)
-    except (DataError, ModelError, PromptError, EmptyMaskError) as err:
+    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

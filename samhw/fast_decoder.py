@@ -1,7 +1,7 @@
-"""A faster, inference-only evaluation of SAM's prompt encoder and mask decoder, same weights.
+"""A faster evaluation of SAM's prompt encoder and mask decoder, with the same weights.
 
-It computes what ``MaskDecoder(...)`` computes, rearranged (results agree to float rounding;
-``tests/test_fast_decoder.py`` checks masks and IoU against the plain path):
+It computes what ``MaskDecoder(...)`` computes, rearranged (results agree to float rounding, and
+so do gradients: ``tests/test_fast_paths.py`` checks masks, IoU and gradients against SAM's own):
 
 * Per image, once: the image tokens with the no-mask embedding, the dense positional encoding,
   and everything of the first layer that depends on the image alone (the token-to-image keys
@@ -76,7 +76,7 @@ def _fold(attn: Attention, heads: int) -> dict:
 
 
 class FastDecoder:
-    """Inference-only decoder over the weights of a ``PromptEncoder`` and ``MaskDecoder``.
+    """The decoder over the weights of a ``PromptEncoder`` and ``MaskDecoder``.
 
     Weights are read when an image is prepared, so a context follows the weights of its time.
     """
@@ -149,7 +149,7 @@ class FastDecoder:
             bias = (f["bq"] @ kh).reshape(b, 1, -1)  # (B, 1, H*T)
         vo = (vh @ f["wo"]).flatten(1, 2) + attn.out_proj.bias / h  # (B, H*T, C): output projection and bias folded in
         n, c = pos.shape[-2:]
-        if ROW_CHUNK >= n:
+        if ROW_CHUNK >= n or torch.is_grad_enabled():  # in one piece: autograd cannot follow out= writes
             scores = q_flat @ block if q_flat is not None else torch.baddbmm(bias, kin, fold)
             probs = scores.unflatten(-1, (h, t)).softmax(dim=-1).flatten(2)
             new_keys = F.layer_norm(torch.baddbmm(keys, probs, vo), (c,), norm.weight, norm.bias, norm.eps)
@@ -197,8 +197,28 @@ class FastDecoder:
         sparse, _ = self.pe(points=points, boxes=boxes, masks=None)
         return self.decode_tokens(ctx, sparse, multimask)
 
+    def decode_all(self, ctx: ImageContext, points, boxes, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every mask as SAM's ``MaskDecoder`` returns them: logits (B, K, 4h, 4w) and predicted IoU
+        (B, K), K = 3 (masks 1-3) with ``multimask`` else 1 (mask 0). Differentiable (training)."""
+        sparse, _ = self.pe(points=points, boxes=boxes, masks=None)
+        keys, iou, hyper = self._transformer(ctx, sparse)
+        picked = slice(1, None) if multimask else slice(0, 1)
+        return self._upscale(keys, hyper[:, picked], ctx), iou[:, picked]
+
     def decode_tokens(self, ctx: ImageContext, sparse: torch.Tensor, multimask: bool):
         """:meth:`decode` from the prompt encoder's sparse tokens (B, P, C)."""
+        keys, iou, hyper = self._transformer(ctx, sparse)
+        b = sparse.shape[0]
+        if multimask:
+            choice = iou[:, 1:].argmax(dim=1) + 1
+        else:
+            choice = torch.zeros(b, dtype=torch.long, device=iou.device)
+        rows = torch.arange(b, device=iou.device)
+        return self._upscale(keys, hyper[rows, choice][:, None], ctx), iou[rows, choice][:, None]
+
+    def _transformer(self, ctx: ImageContext, sparse: torch.Tensor):
+        """The two-way transformer and heads: image tokens (B, N, C), predicted IoU (B, 4) and the
+        hypernetwork weights of the four masks (B, 4, C/8)."""
         md, tr = self.md, self.md.transformer
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
@@ -210,34 +230,30 @@ class FastDecoder:
         update = self._token_to_image(final, ctx.folded[id(final)], queries + tokens, keys, kin)
         queries = tr.norm_final_attn(queries + update)
         iou = md.iou_prediction_head(queries[:, 0])  # (B, 4)
-        if multimask:
-            choice = iou[:, 1:].argmax(dim=1) + 1
-        else:
-            choice = torch.zeros(b, dtype=torch.long, device=iou.device)
-        rows = torch.arange(b, device=iou.device)
         mask_tokens = queries[:, 1:1 + md.num_mask_tokens]  # (B, 4, C)
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
-        logits = self._upscale(keys, hyper[rows, choice], ctx)  # (B, 4h, 4w)
-        return logits[:, None], iou[rows, choice][:, None]
+        return keys, iou, hyper
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor, ctx: ImageContext, chunk: int = UPSCALE_CHUNK) -> torch.Tensor:
-        """SAM's upscaler and hypernetwork product for one mask per prompt, in the (N, C) layout.
+        """SAM's upscaler and hypernetwork product for K masks per prompt, in the (N, C) layout.
 
-        ``keys`` (B, N, C), ``hyper`` (B, C/8) -> logits (B, 4h, 4w). Image tokens are processed
+        ``keys`` (B, N, C), ``hyper`` (B, K, C/8) -> logits (B, K, 4h, 4w). Image tokens are processed
         ``chunk`` at a time so that the large intermediates stay in the CPU cache.
         """
         conv1, norm, act1, conv2, act2 = self.md.output_upscaling
         b, n, _ = keys.shape
+        k_masks = hyper.shape[1]
         c1, c2 = conv1.out_channels, conv2.out_channels
         b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
-        out = keys.new_empty(b, n, 16)
+        pieces = []
         for start in range(0, n, chunk):
             k = keys[:, start:start + chunk]
             m = k.shape[1]
             x = torch.addmm(b1, k.reshape(b * m, -1), ctx.folded["w1"]).reshape(b * m, 4, c1)
             x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             x = act2(torch.addmm(b2, x.reshape(-1, c1), ctx.folded["w2"]))  # (B*m*ab, a2b2*C2)
-            out[:, start:start + m] = (x.reshape(b, m * 16, c2) @ hyper[:, :, None]).reshape(b, m, 16)
+            pieces.append((x.reshape(b, m * 16, c2) @ hyper.transpose(1, 2)).reshape(b, m, 16, k_masks))
         h, w = ctx.size
-        masks = out.reshape(b, h, w, 2, 2, 2, 2)  # (B, i, j, a, b, a2, b2): pixel (4i+2a+a2, 4j+2b+b2)
-        return masks.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, 4 * h, 4 * w)
+        # (B, i, j, a, b, a2, b2, K): pixel (4i+2a+a2, 4j+2b+b2) of mask K
+        masks = torch.cat(pieces, dim=1).reshape(b, h, w, 2, 2, 2, 2, k_masks)
+        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k_masks, 4 * h, 4 * w)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,9 @@ __all__ = [
     "SamModel",
     "build_model",
     "load_model",
+    "read_checkpoint",
     "resolve_device",
+    "single_thread",
     "to_model_frame",
     "resized_shape",
     "CHECKPOINT_FORMAT",
@@ -65,6 +68,25 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
     return dev
+
+
+@contextmanager
+def single_thread(device: torch.device):
+    """Run torch on one CPU thread for a while (nothing changes on other devices).
+
+    The study computes each slice with one thread, its workers giving the parallelism, so that
+    results do not depend on the number of cores; and on a busy 2-core machine two OpenMP threads
+    that wait on each other are slower than one.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resized_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -157,11 +179,15 @@ class SamModel(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.weights_changed()
+        return result
+
+    def weights_changed(self) -> None:
+        """Forget what was derived from the image encoder's weights (its cache key, the ONNX
+        session, TinyViT's cached attention biases): call after changing them in place."""
         self.__dict__.pop("_encoder_key", None)
         self._onnx = None
-        # TinyViT caches its attention biases when switched to eval: refresh them from the new weights.
-        self.train(self.training)
-        return result
+        self.train(self.training)  # TinyViT caches its attention biases when switched to eval
 
     # -- preprocessing
 
@@ -203,13 +229,22 @@ class SamModel(nn.Module):
                 return self.ready_encoder()(x)
             return self.image_encoder(x).float()
 
+    @property
+    def onnx_path(self) -> Path:
+        return self.onnx_dir / f"{self.encoder_key}.onnx"
+
     def ready_encoder(self) -> OnnxEncoder | None:
         """The ONNX Runtime encoder, exported and loaded on first use (None on other backends)."""
         if self.encoder_backend != "onnx-fp32":
             return None
         if self._onnx is None:
-            self._onnx = OnnxEncoder(self.image_encoder, self.input_size, self.onnx_dir / f"{self.encoder_key}.onnx")
+            self._onnx = OnnxEncoder(self.image_encoder, self.input_size, self.onnx_path)
         return self._onnx
+
+    def export_encoder(self) -> None:
+        """Write the ONNX encoder file if this backend uses one (without loading a session)."""
+        if self.encoder_backend == "onnx-fp32":
+            OnnxEncoder.export(self.image_encoder, self.input_size, self.onnx_path)
 
     def prompt_tensors(self, prompts: Sequence[Prompt], shape: tuple[int, int]):
         """Points ((B, N, 2), (B, N)) or None and boxes (B, 4) or None in the model frame.
@@ -373,7 +408,7 @@ def _guess_architecture(state: dict) -> str | None:
     return None
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(state_dict, metadata) from a project checkpoint or a plain/official state dict."""
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found; check the path given to --checkpoint")
@@ -409,7 +444,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
         path = spec.default_weights()
     else:
         path = Path(checkpoint).expanduser()
-    state, meta = _read_checkpoint(path)
+    state, meta = read_checkpoint(path)
     if meta and meta.get("model") != name:
         raise ModelError(f"{path}: this samhw checkpoint was trained from {meta.get('model')!r}, not {name!r}; "
                          f"pass --model {meta.get('model')}")

@@ -54,14 +54,20 @@ class OnnxEncoder:
     def __init__(self, encoder: nn.Module, input_size: int, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
-        if not path.exists():
-            _export(encoder, input_size, path)
+        self.export(encoder, input_size, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
+
+    @staticmethod
+    def export(encoder: nn.Module, input_size: int, path: Path) -> Path:
+        """Export the encoder to ``path`` unless it is there already."""
+        if not path.exists():
+            _export(encoder, input_size, path)
+        return path
 
     @staticmethod
     def suitable(encoder: nn.Module) -> bool:

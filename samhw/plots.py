@@ -95,7 +95,30 @@ def strategy_bars(summary: pd.DataFrame, by: Sequence[str] = ("split",)) -> Figu
     ax.set_xlabel("mean IoU over slices (95% interval over seeds)")
     ax.set_title("E2/E3: point strategies and combinations")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8)
+    if groups:  # none when the study ran E1 only
+        ax.legend(fontsize=8)
+    return fig
+
+
+def training_curves(log: Sequence[dict]) -> Figure:
+    """Fine-tuning: training losses and validation IoU per prompt against the epoch."""
+    epochs = [e["epoch"] for e in log]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("loss", "total"), ("mask_loss", "mask (Dice + BCE)"), ("iou_loss", "IoU head (MSE)")):
+        left.plot(epochs, [e[key] for e in log], marker="o", label=label)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss (mean over steps)")
+    left.legend(fontsize=8)
+    for prompt in log[0]["val"]:
+        right.plot(epochs, [e["val"][prompt] for e in log], marker="o", label=prompt)
+    right.plot(epochs, [e["val_mean"] for e in log], color="black", lw=2, label="mean (model selection)")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation IoU (seed 0)")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
     return fig
 
 

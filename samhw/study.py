@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .cache import EmbeddingCache
 from .data import Dataset, load_dataset
-from .evaluate import evaluate_to_csv, format_summary, run_config, summarize
+from .evaluate import evaluate_to_csv, format_summary, read_rows, run_config, summarize
 from .models import SamModel, load_model
 from .prompts import PromptSpec, Target, parse_prompts
+from .resources import PeakMemory
 
 __all__ = ["EXPERIMENTS", "experiment_of", "run_study", "GALLERY_PROMPTS", "gallery_slices", "predict_gallery"]
 
@@ -86,6 +87,33 @@ def _versions() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
+#: Splits in the order tables and figures show them.
+SPLIT_ORDER = ("test", "train", "val", "all")
+_SAME_RUN = ("model", "weights", "encoder", "plain", "prompts", "seeds", "samhw")
+
+
+def _earlier_splits(out: Path, config: dict, done: Sequence[str]) -> dict[str, dict]:
+    """Splits evaluated into ``out`` by earlier runs with the same model, prompts and seeds."""
+    found = {}
+    for path in sorted(out.glob("rows_*.json")):
+        split = path.stem.removeprefix("rows_")
+        if split in done or not (out / f"rows_{split}.csv").is_file():
+            continue
+        record = json.loads(path.read_text())
+        if all(record.get("config", {}).get(k) == config[k] for k in _SAME_RUN):
+            found[split] = record
+    return found
+
+
+def _same_config(out: Path, split: str, config: dict) -> dict | None:
+    """The record of ``rows_<split>.csv`` in ``out`` if it was made with exactly ``config``."""
+    record_file = out / f"rows_{split}.json"
+    if not (out / f"rows_{split}.csv").is_file() or not record_file.is_file():
+        return None
+    record = json.loads(record_file.read_text())
+    return record if record.get("config") == json.loads(json.dumps(config, default=str)) else None
+
+
 def run_study(
     out: str | Path,
     data: str | None = None,
@@ -103,8 +131,15 @@ def run_study(
     command: str | None = None,
     plain: bool = False,
     workers: int | None = None,
+    reuse: bool = False,
 ) -> pd.DataFrame:
-    """Run the study and write its results under ``out``; returns the summary."""
+    """Run the study on ``splits`` and write its results under ``out``; returns the summary.
+
+    A results folder accumulates splits: splits evaluated there earlier with the same model,
+    prompts and seeds (``rows_<split>.csv`` with its ``rows_<split>.json``) are summarised too.
+    With ``reuse``, a split whose rows were made with exactly this configuration (model weights,
+    data, slices, prompts, seeds) is not evaluated again.
+    """
     from . import plots
 
     out = Path(out)
@@ -115,36 +150,88 @@ def run_study(
     prompts = [p for e in experiments for p in EXPERIMENTS[e]]
     specs = parse_prompts(prompts)
     seed_list = list(range(seeds))
-    frames, datasets = [], {}
+    records: dict[str, dict] = {}
     for split in splits:
         dataset = load_dataset(data, split, skip_bad=skip_bad, limit=limit)
-        datasets[split] = dataset
         tqdm.write(dataset.report(), file=sys.stderr)
         config = run_config(model, dataset, specs, seed_list)
-        frames.append(evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
-                                      batch_size=batch_size, progress=progress, workers=workers))
-    rows = pd.concat(frames, ignore_index=True)
+        if split == splits[0]:
+            gallery_from = dataset
+        earlier = _same_config(out, split, config) if reuse else None
+        if earlier is not None:
+            tqdm.write(f"rows_{split}.csv is up to date (same weights, data, slices, prompts and seeds): reused, "
+                       f"as made by `{earlier['command']}`", file=sys.stderr)
+            records[split] = earlier
+            continue
+        split_started = time.time()
+        cached_before = cache.count()
+        with PeakMemory(model.device) as memory:
+            evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
+                            batch_size=batch_size, progress=progress, workers=workers)
+        records[split] = {"slices": len(dataset), "patients": len(dataset.patients), "empty_left_out": dataset.empty,
+                          "skipped": [f"{p}: {why}" for p, why in dataset.skipped], "limit": limit,
+                          "data": str(dataset.root), "command": command,
+                          "elapsed_s": round(time.time() - split_started, 1),
+                          "embeddings_computed": cache.count() - cached_before,
+                          "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb), "config": config}
+        (out / f"rows_{split}.json").write_text(json.dumps(records[split], indent=1) + "\n")
+    for split, record in _earlier_splits(out, config, splits).items():
+        tqdm.write(f"also summarising {split} from rows_{split}.csv (same model, prompts and seeds; made by "
+                   f"`{record['command']}`)", file=sys.stderr)
+        records[split] = record
+    order = [s for s in SPLIT_ORDER if s in records]
+    rows = pd.concat([read_rows(out / f"rows_{s}.csv") for s in order], ignore_index=True)
     summary = summarize(rows)
     summary.insert(0, "experiment", summary["prompt"].map(experiment_of))
     summary.insert(3, "mask_choice", ["best of 3 by predicted IoU" if PromptSpec.parse(p).multimask else "single"
                                       for p in summary["prompt"]])
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6f")
-    first = datasets[splits[0]]
     plots.save(plots.margin_curves(summary), out / "fig_e1_margins.png")
     plots.save(plots.strategy_bars(summary), out / "fig_e2_strategies.png")
-    grid = predict_gallery(model, cache, gallery_slices(first), GALLERY_PROMPTS)
+    grid = predict_gallery(model, cache, gallery_slices(gallery_from), GALLERY_PROMPTS)
     plots.save(plots.gallery(grid), out / "fig_gallery.png")
     meta = {
         "command": command,
         "model": model.name, "checkpoint": model.checkpoint, "weights_sha256": config["weights"],
         "device": str(model.device), "encoder_backend": model.encoder_backend, "plain": plain, "seeds": seed_list,
-        "splits": {s: {"slices": len(d), "patients": len(d.patients), "empty_left_out": d.empty,
-                       "skipped": [f"{p}: {why}" for p, why in d.skipped]} for s, d in datasets.items()},
-        "data": str(next(iter(datasets.values())).root), "limit": limit, "versions": _versions(),
-        "elapsed_s": round(time.time() - started, 1),
+        "splits": {s: {k: v for k, v in records[s].items() if k != "config"} for s in order},
+        "data": str(gallery_from.root), "versions": _versions(), "elapsed_s": round(time.time() - started, 1),
     }
-    records = json.loads(summary.to_json(orient="records"))  # NaN -> null
-    (out / "summary.json").write_text(json.dumps({**meta, "summary": records}, indent=1) + "\n")
+    summary_records = json.loads(summary.to_json(orient="records"))  # NaN -> null
+    (out / "summary.json").write_text(json.dumps({**meta, "summary": summary_records}, indent=1) + "\n")
     print(format_summary(summary))
     print(f"\nwrote {out}/summary.csv, summary.json, rows_*.csv and figures in {time.time() - started:.0f} s")
     return summary
+
+
+def write_comparison(origin_dir: str | Path, tuned_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Pretrained against fine-tuned: ``comparison.md`` (the Table I counterpart) and the E1 and
+    E2/E3 figures of both models on every split, written into ``tuned_dir``; returns that path.
+
+    With the fine-tuned ``checkpoint``, also its training record (``training.json``: command,
+    options, split, per-epoch log) and curves (``fig_training.png``).
+    """
+    from . import plots
+    from .models import read_checkpoint
+    from .report import comparison_markdown
+
+    tuned_dir = Path(tuned_dir)
+    if checkpoint is not None:
+        _, meta = read_checkpoint(Path(checkpoint))
+        run_log = Path(checkpoint).with_name("log.json")  # the whole run's epochs, past the best one
+        epochs = json.loads(run_log.read_text())["epochs"] if run_log.is_file() else meta.get("log")
+        if epochs:
+            keep = ("command", "model", "base_weights", "base_checkpoint", "options", "split", "best", "samhw")
+            record = {"checkpoint": Path(checkpoint).as_posix(), **{k: meta.get(k) for k in keep}, "epochs": epochs}
+            (tuned_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+            plots.save(plots.training_curves(epochs), tuned_dir / "fig_training.png")
+    frames = []
+    for label, folder in (("origin", Path(origin_dir)), ("fine-tuned", tuned_dir)):
+        frame = pd.read_csv(folder / "summary.csv")
+        frame.insert(0, "model", label)
+        frames.append(frame)
+    summary = pd.concat(frames, ignore_index=True)
+    plots.save(plots.margin_curves(summary, by=("model", "split")), tuned_dir / "fig_compare_e1_margins.png")
+    plots.save(plots.strategy_bars(summary, by=("model", "split")), tuned_dir / "fig_compare_e2_strategies.png")
+    (tuned_dir / "comparison.md").write_text(comparison_markdown(origin_dir, tuned_dir) + "\n")
+    return tuned_dir / "comparison.md"

@@ -12,24 +12,23 @@ pass) and draws one small figure: well under a second on a CPU.
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import io
 import time
 from typing import Sequence
 
 import ipywidgets as widgets
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from . import plots
 from .metrics import iou
+from .models import single_thread
 from .prompts import PromptSpec, Target
 from .workbook import weight_map
 
-__all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "figure_png", "one_thread"]
+__all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "figure_png"]
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -38,19 +37,6 @@ def figure_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one CPU thread for a moment. On the project's 2-core machines torch's two
-    OpenMP threads decode a prompt in ~0.1 s when the cores are free but ~1 s as soon as another
-    process holds one (the threads wait on each other); one thread takes ~0.2 s either way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Explorer:
@@ -107,9 +93,10 @@ class Explorer:
         return self._targets[i]
 
     def embedding(self):
+        """The current slice's decoder context (its cached embedding, prepared once for the decoder)."""
         i = self.slice.value
         if i not in self._embeddings:
-            self._embeddings[i] = self.cache.get(self.slices[i].image)
+            self._embeddings[i] = self.model.image_context(self.cache.get(self.slices[i].image))
         return self._embeddings[i]
 
     def _predict(self, spec: PromptSpec) -> dict:
@@ -117,7 +104,7 @@ class Explorer:
         item = self.current
         prompt = spec.draw(self.target(), int(self.seed.value))
         embedding = self.embedding()
-        with one_thread() if self.model.device.type == "cpu" else contextlib.nullcontext():
+        with single_thread(self.model.device):
             masks, scores = self.model.predict(embedding, [prompt], item.mask.shape, spec.multimask)
         return {"slice": item.slice_id, "seed": int(self.seed.value), "spec": spec.name, "prompt": prompt,
                 "mask": masks[0], "iou": iou(masks[0], item.mask), "pred_iou": float(scores[0])}

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, Dataset, load_dataset, resolve_data_dir
-from .metrics import dice, iou, mean_interval
+from .metrics import iou, mean_interval
 from .prompts import (
     Prompt,
     PromptSpec,
@@ -33,6 +33,7 @@ from .prompts import (
     normalize_log_weights,
     parse_prompts,
 )
+from .report import REPORT_TABLE_I, TABLE_I_STRATEGIES
 
 __all__ = [
     "DATA_HELP", "QUICK_STUDY", "FULL_STUDY", "REPORT_TABLE_I", "REPORT_E1", "TABLE_I_STRATEGIES",
@@ -62,19 +63,6 @@ Then run this cell again."""
 #: The commands that write the results folders the notebooks read.
 QUICK_STUDY = "python -m samhw study --splits train test --limit 8 --seeds 2"
 FULL_STUDY = "python -m samhw study --splits train test"
-
-#: The report's Table I: IoU of SAM ViT-B with one point, slice-level split (SPEC.md).
-TABLE_I_STRATEGIES = ["random_box", "random_mask", "random_gaussian", "center_box", "center_mask",
-                      "center_gaussian", "background"]
-REPORT_TABLE_I = pd.DataFrame(
-    {
-        "report test origin": [0.4612, 0.5308, 0.5703, 0.5827, 0.5905, 0.5911, 0.0815],
-        "report test finetuned": [0.4773, 0.4841, 0.4795, 0.6309, 0.6302, 0.6313, 0.0753],
-        "report train origin": [0.6183, 0.7284, 0.7259, 0.7629, 0.7634, 0.7637, 0.1856],
-        "report train finetuned": [0.6560, 0.7614, 0.7623, 0.7766, 0.7750, 0.7751, 0.2386],
-    },
-    index=pd.Index(TABLE_I_STRATEGIES, name="strategy"),
-)
 
 #: The report's reading of its figures 4 and 5 (section III).
 REPORT_E1 = ("tight boxes (M = 0) give the best IoU; IoU rises as M grows towards 0 from below "
@@ -148,9 +136,10 @@ class StudyResults:
 
     def rows(self) -> pd.DataFrame:
         """Every (slice, prompt, seed) row of every split, with a ``model`` column."""
-        frames = [pd.read_csv(self.folder / f"rows_{s}.csv", keep_default_na=False,
-                              na_values={"iou": [""], "dice": [""]}, dtype={"points": str, "box": str})
-                  for s in self.splits if (self.folder / f"rows_{s}.csv").is_file()]
+        from .evaluate import read_rows
+
+        frames = [read_rows(self.folder / f"rows_{s}.csv") for s in self.splits
+                  if (self.folder / f"rows_{s}.csv").is_file()]
         rows = pd.concat(frames, ignore_index=True)
         rows.insert(0, "model", self.name)
         return rows
@@ -160,16 +149,17 @@ class StudyResults:
             where = self.folder.relative_to(repo_root()).as_posix()
         except ValueError:
             where = self.folder.as_posix()
-        splits = "; ".join(f"{s} {v['slices']} slices of {v['patients']} patients"
+        splits = "; ".join(f"{s} {v['slices']} slices of {v['patients']} patients, made by "
+                           f"`{v.get('command') or self.command}` ({v.get('elapsed_s', self.meta.get('elapsed_s', 0)):.0f} s)"
                            for s, v in self.meta.get("splits", {}).items())
-        return (f"{where}/: model {self.meta.get('model')}, seeds {self.meta.get('seeds')}, {splits}; "
-                f"made by `{self.command}` ({self.meta.get('elapsed_s', 0):.0f} s on {self.meta.get('device')})")
+        return f"{where}/: model {self.meta.get('model')}, seeds {self.meta.get('seeds')}, on {self.meta.get('device')}: {splits}"
 
 
 def _missing(root: Path) -> str:
     return (f"No study results under {root.name}/ yet: the tables and figures below need them. Make them with\n"
             f"    {FULL_STUDY}\n(writes results/litemedsam/; add --limit 8 --seeds 2 for a quick look), then rerun "
-            "this notebook. Fine-tuned models' results (results/<name>/) come with the fine-tuning issue.")
+            "this notebook. A fine-tuned model's results (results/<name>-finetuned/) come from `python -m samhw "
+            "finetune` and then `python -m samhw study --finetuned runs/<name>-finetuned/best.pt`.")
 
 
 def load_results(folder: str | os.PathLike | None = None, verbose: bool = True) -> list[StudyResults]:
@@ -187,10 +177,13 @@ def load_results(folder: str | os.PathLike | None = None, verbose: bool = True) 
     if verbose:
         print("\n".join(r.describe() for r in found) if found else _missing(root))
         for r in found:
-            if set(r.splits) != {"train", "test"}:
-                print(f"{r.name}: splits {', '.join(r.splits)} only; `{FULL_STUDY}` gives both train and test.")
+            if not {"train", "test"} <= set(r.splits):
+                missing = " ".join(s for s in ("train", "test") if s not in r.splits)
+                print(f"{r.name}: splits {', '.join(r.splits)} only; `python -m samhw study --splits {missing}` "
+                      f"adds {missing} to {r.folder.name}/.")
         if found and len(found) == 1:
-            print("Only the pretrained model so far: fine-tuned results come with the fine-tuning issue.")
+            print("Only the pretrained model so far: `python -m samhw finetune`, then `python -m samhw study "
+                  "--splits test train --finetuned runs/litemedsam-finetuned/best.pt` adds the fine-tuned one.")
     return found
 
 
@@ -228,26 +221,14 @@ def live_slices(split: str = "test", n: int | None = 6, data: str | None = None)
 
 
 def run_prompts(model, cache, dataset: Dataset, prompts: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
-    """Rows like the study's (one per slice, prompt and seed) for a few slices, computed here.
+    """Rows like the study's (one per slice, prompt and seed) for a few slices, computed here with
+    the study's own :func:`samhw.evaluate.evaluate_slice`, quietly (no progress bars or cache
+    messages, so that the notebooks' outputs stay reproducible)."""
+    from .evaluate import evaluate_slice, plan
 
-    Random prompts run with every seed, the others with the first; prompts of one name are decoded
-    together. Quiet: no progress bars or cache messages (the notebooks' outputs stay reproducible).
-    """
-    specs = parse_prompts(list(prompts))
-    rows = []
-    for item in dataset.slices:
-        target = Target(item.mask, item.image, item.slice_id)
-        embedding = cache.get(item.image)
-        for spec in specs:
-            spec_seeds = list(seeds) if spec.random else list(seeds)[:1]
-            drawn = [spec.draw(target, s) for s in spec_seeds]
-            masks, scores = model.predict(embedding, drawn, item.mask.shape, spec.multimask)
-            for seed, prompt, mask, score in zip(spec_seeds, drawn, masks, scores):
-                rows.append({"split": dataset.split, "patient": item.patient, "slice": item.slice_id,
-                             "prompt": spec.name, "seed": seed, "iou": iou(mask, item.mask),
-                             "dice": dice(mask, item.mask), "pred_iou": float(score),
-                             "off_target": prompt.off_target, "area_true": int(item.mask.sum()),
-                             "area_pred": int(mask.sum())})
+    pairs = plan(parse_prompts(list(prompts)), list(seeds))
+    rows = [row for item in dataset.slices
+            for row in evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split)]
     return pd.DataFrame(rows)
 
 

@@ -4,12 +4,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from samhw.cache import EmbeddingCache
 from samhw.cli import main
 from samhw.data import Dataset
 from samhw.evaluate import evaluate
 from samhw.metrics import iou
+from samhw.models import CHECKPOINT_FORMAT
 from samhw.prompts import PromptSpec, Target, parse_prompts
 from samhw.study import EXPERIMENTS
 
@@ -88,3 +90,33 @@ def test_quick_study_writes_every_result_and_reruns_identically(data_dir, cache_
     assert main(args) == 0
     assert "0 computed" in capsys.readouterr().err
     assert (out / "summary.csv").read_bytes() == first
+
+
+def test_study_compares_a_finetuned_checkpoint_and_reuses_the_pretrained_rows(data_dir, cache_dir, lite_model,
+                                                                               tmp_path, capsys):
+    """``study --finetuned``: both models on the same slices, the pretrained rows kept when up to date."""
+    state = {k: v.clone() for k, v in lite_model.state_dict().items()}
+    state["mask_decoder.iou_prediction_head.layers.0.bias"] += 0.5  # another decoder: other weights, same encoder
+    log = [{"epoch": 1, "loss": 0.5, "mask_loss": 0.4, "iou_loss": 0.1, "val": {"box:0": 0.7}, "val_mean": 0.7}]
+    checkpoint = tmp_path / "tuned.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": "litemedsam", "state_dict": state, "log": log,
+                "best": {"epoch": 1, "val_mean": 0.7}, "options": {"epochs": 1}, "command": "python -m samhw finetune"},
+               checkpoint)
+    out = tmp_path / "lite"
+    args = ["study", "--data", str(data_dir), "--limit", "2", "--seeds", "2", "--experiments", "E1", "--out", str(out),
+            "--device", "cpu", "--cache", str(cache_dir), "--quiet"]
+    assert main(args) == 0
+    made = (out / "rows_test.csv").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--finetuned", str(checkpoint)]) == 0
+    assert "rows_test.csv is up to date" in capsys.readouterr().err
+    assert (out / "rows_test.csv").read_bytes() == made
+    tuned = tmp_path / "lite-finetuned"
+    for name in ["comparison.md", "fig_compare_e1_margins.png", "fig_compare_e2_strategies.png", "training.json",
+                 "fig_training.png", "summary.json"]:
+        assert (tuned / name).stat().st_size > 0, name
+    table = (tuned / "comparison.md").read_text()
+    assert "| test origin | test fine-tuned |" in table and "chosen on the validation patients: epoch 1 of 1" in table
+    origin = pd.read_csv(out / "summary.csv").set_index("prompt")
+    row = next(line for line in table.splitlines() if line.startswith("| E1 | `box:0` |"))
+    assert row.split(" | ")[3] == f"{origin.loc['box:0', 'iou']:.3f}"  # the origin column is the pretrained study

@@ -41,6 +41,9 @@ def test_fast_decoder_matches_the_reference_on_random_weights():
                 low_fast, scores_fast = fast.decode(context, points, boxes, multimask)
                 torch.testing.assert_close(low_fast[:, 0], low[rows, best], atol=2e-4, rtol=1e-4, msg=name)
                 torch.testing.assert_close(scores_fast[:, 0], scores[rows, best], atol=1e-5, rtol=1e-5, msg=name)
+                low_all, scores_all = fast.decode_all(context, points, boxes, multimask)  # every mask (training)
+                torch.testing.assert_close(low_all, low, atol=2e-4, rtol=1e-4, msg=name)
+                torch.testing.assert_close(scores_all, scores, atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.slow
@@ -70,3 +73,24 @@ def test_float16_storage_changes_no_iou_by_more_than_0_001(lite_model, real_slic
     assert worst <= 0.001, worst
     size = lambda c: sum(f.stat().st_size for f in c.folder.glob("*/*.npy"))  # noqa: E731
     assert size(half) < 0.51 * size(full)
+
+
+def test_fast_decoder_gradients_match_the_reference():
+    """Decoder-only training may use the fast path: its gradients are the reference's."""
+    torch.manual_seed(2)
+    model = build_model("litemedsam")
+    embedding = torch.randn(1, 256, 64, 64) * 0.5
+    prompt = Prompt(np.zeros((0, 2)), np.zeros(0, np.int64), np.array([80.0, 90.0, 140.0, 160.0]))
+    points, boxes = model.prompt_tensors([prompt], (256, 256))
+    grads = []
+    for fast in (False, True):
+        model.zero_grad()
+        if fast:
+            logits, _ = model.fast_decoder.decode(model.fast_decoder.prepare(embedding), points, boxes, False)
+        else:
+            logits, _ = model.decode(embedding, points, boxes, False)
+        logits.sigmoid().mean().backward()
+        grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                for p in model.mask_decoder.parameters()]))
+    assert grads[0].norm() > 0
+    assert (grads[0] - grads[1]).norm() / grads[0].norm() < 1e-3

@@ -28,6 +28,13 @@ class FakeModel:
         self.calls = 0
         self.fail = fail
 
+    def image_context(self, embedding):
+        return embedding
+
+    def predict_masks(self, context, prompts, shape, multimask):
+        masks, scores = self.predict(context, prompts, shape, multimask)
+        return torch.from_numpy(masks), torch.from_numpy(scores)
+
     def predict(self, embedding, prompts, shape, multimask):
         self.calls += 1
         if self.fail:
@@ -280,7 +287,7 @@ def test_load_results_finds_every_folder_and_says_how_it_was_made(tmp_path, caps
     assert [r.name for r in found] == ["litemedsam", "a_finetuned"]  # the pretrained model first
     out = capsys.readouterr().out
     assert "made by `python -m samhw study --limit 8`" in out and "--checkpoint ft.pth" in out
-    assert "litemedsam: splits test only; `python -m samhw study --splits train test` gives both" in out
+    assert "litemedsam: splits test only; `python -m samhw study --splits train` adds train to litemedsam/" in out
     summary = workbook.combined_summary(found)
     assert list(summary["model"]) == ["litemedsam", "a_finetuned"]
     rows = workbook.combined_rows(found)

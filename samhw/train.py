@@ -1,0 +1,345 @@
+"""Fine-tuning (the study's E4): ``python -m samhw finetune``.
+
+The mask decoder (by default) is trained on the train split's patients with prompts drawn as
+the study draws them, from cached embeddings, and selected on the validation patients. Every
+epoch writes ``last.pt`` atomically; ``best.pt`` holds the epoch of highest validation IoU. A run
+is a pure function of its options on the CPU: the order of slices and every prompt come from
+generators seeded by (seed, epoch, slice), so ``--resume`` after a kill, even mid-epoch, ends
+with the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .cache import EmbeddingCache
+from .data import Dataset, Slice, load_dataset
+from .evaluate import evaluate
+from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model
+from .prompts import PromptError, PromptSpec, Target, parse_prompts, prompt_rng
+from .resources import PeakMemory
+
+__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt", "prompt_loss",
+           "parse_mix"]
+
+#: Prompts drawn in training, with their probabilities: boxes with the report's random margins
+#: (each side 0..M px outward, M = 20 as in the report, and M = 10 and 0 so that tight boxes are
+#: seen too: trained on box:20 alone, a model learns to shrink every box), one foreground point by
+#: each of the study's six strategies (SAM's three masks, the best-fitting one trained), and a
+#: foreground point with the background corner.
+TRAIN_MIX: dict[str, float] = {
+    "box:0": 0.15,
+    "box:10": 0.15,
+    "box:20": 0.2,
+    **{name: 0.375 / 6 for name in ("random_box", "random_mask", "random_gaussian",
+                                     "center_box", "center_mask", "center_gaussian")},
+    "random_mask+background": 0.0625,
+    "center_gaussian+background": 0.0625,
+}
+#: Prompts of the validation score (seed 0); a checkpoint's score is their mean IoU.
+VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background")
+#: Trainable parts: option name -> submodule of :class:`SamModel`.
+PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder"}
+
+
+class FinetuneError(ValueError):
+    """Options that cannot train (unknown part, zero epochs, ...) or a run folder in the wrong state."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run's weights (``resume`` must find the same)."""
+
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    parts: tuple[str, ...] = ("decoder",)
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    iou_loss_weight: float = 1.0
+    mix: tuple[tuple[str, float], ...] = tuple(TRAIN_MIX.items())
+    val_prompts: tuple[str, ...] = VAL_PROMPTS
+    seed: int = 0
+    limit: int | None = None
+    val_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.parts) - set(PARTS))
+        if unknown or not self.parts:
+            raise FinetuneError(f"parts to train must be among {', '.join(PARTS)}, got {list(self.parts)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
+            raise FinetuneError("epochs and batch size must be at least 1, lr positive, warmup not negative")
+        parse_prompts([name for name, _ in self.mix])
+        parse_prompts(list(self.val_prompts))
+        if any(w < 0 for _, w in self.mix) or sum(w for _, w in self.mix) <= 0:
+            raise PromptError("training prompt weights must be non-negative and not all zero")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in checkpoints
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FinetuneConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["parts"] = tuple(values["parts"])
+        values["mix"] = tuple((str(n), float(w)) for n, w in values["mix"])
+        values["val_prompts"] = tuple(values["val_prompts"])
+        return cls(**values)
+
+
+def parse_mix(items: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    """``["box:20@2", "center_mask"]`` -> ``(("box:20", 2.0), ("center_mask", 1.0))``: a prompt
+    name, optionally ``@WEIGHT`` (1 by default; weights are normalised)."""
+    mix = []
+    for item in items:
+        name, at, weight = item.partition("@")
+        try:
+            mix.append((PromptSpec.parse(name).name, float(weight) if at else 1.0))
+        except ValueError as err:
+            raise PromptError(f"training prompt {item!r}: expected NAME or NAME@WEIGHT, e.g. box:20@0.5 ({err})") from None
+    return tuple(mix)
+
+
+# ----------------------------------------------------------------------------- prompts and loss
+
+
+def training_prompt(config: FinetuneConfig, item: Slice, epoch: int) -> tuple[PromptSpec, object]:
+    """The prompt of ``item`` in ``epoch``: a spec drawn from the mix, then drawn on the slice,
+    both from generators of (seed, epoch, slice)."""
+    names = [PromptSpec.parse(n) for n, _ in config.mix]
+    weights = np.array([w for _, w in config.mix], dtype=np.float64)
+    rng = prompt_rng(config.seed, item.slice_id, f"finetune-mix-{epoch}")
+    spec = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    draw_seed = int(rng.integers(0, 2**31))
+    return spec, spec.draw(Target(item.mask, item.image, item.slice_id), draw_seed)
+
+
+def prompt_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
+                iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, mask, IoU-head) loss of one prompt.
+
+    ``logits`` (K, H, W) and ``predicted_iou`` (K,) for K masks, ``truth`` (H, W) in {0, 1}. The
+    mask loss is Dice + BCE, of the best-fitting mask when ``multimask`` (SAM's rule for ambiguous
+    prompts) else of mask 0; the IoU head learns every mask's actual IoU (mean squared error).
+    """
+    logits = logits.float()
+    flat, target = logits.flatten(1), truth.flatten()[None].expand(logits.shape[0], -1).float()
+    probs = flat.sigmoid()
+    dice = 1 - (2 * (probs * target).sum(1) + 1) / (probs.sum(1) + target.sum(1) + 1)
+    bce = F.binary_cross_entropy_with_logits(flat, target, reduction="none").mean(1)
+    per_mask = dice + bce
+    mask_loss = per_mask.min() if multimask else per_mask[0]
+    with torch.no_grad():
+        hard = flat > 0
+        inter = (hard & (target > 0)).sum(1).float()
+        union = (hard | (target > 0)).sum(1).float()
+        actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    iou_loss = F.mse_loss(predicted_iou.float(), actual)
+    return mask_loss + iou_loss_weight * iou_loss, mask_loss.detach(), iou_loss.detach()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _learning_rate(config: FinetuneConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero: a pure function of the step (nothing to resume)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _trainable(model: SamModel, config: FinetuneConfig) -> list[torch.nn.Parameter]:
+    wanted = {PARTS[p] for p in config.parts}
+    params = []
+    for name, module in (("image_encoder", model.image_encoder), ("prompt_encoder", model.prompt_encoder),
+                         ("mask_decoder", model.mask_decoder)):
+        for p in module.parameters():
+            p.requires_grad_(name in wanted)
+            if name in wanted:
+                params.append(p)
+    return params
+
+
+def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
+                epoch: int) -> tuple[torch.Tensor, float, float]:
+    """Mean loss over a batch (one prompt per slice); the decoder runs slice by slice."""
+    if "image_encoder" in config.parts:
+        with model.autocast():
+            embeddings = model.image_encoder(model.preprocess([s.image for s in batch]))
+    else:
+        embeddings = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+    totals, masks, ious = [], 0.0, 0.0
+    with model.autocast():
+        for item, embedding in zip(batch, embeddings):
+            spec, prompt = training_prompt(config, item, epoch)
+            shape = item.mask.shape
+            points, boxes = model.prompt_tensors([prompt], shape)
+            if model.plain:
+                low, scores = model.decode(embedding[None], points, boxes, spec.multimask)
+            else:
+                low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding[None]), points,
+                                                            boxes, spec.multimask)
+            logits = model.postprocess(low.float(), shape)[0]
+            truth = torch.from_numpy(item.mask).to(model.device)
+            total, mask_loss, iou_loss = prompt_loss(logits, scores[0], truth, spec.multimask,
+                                                     config.iou_loss_weight)
+            totals.append(total)
+            masks += float(mask_loss)
+            ious += float(iou_loss)
+    return torch.stack(totals).mean(), masks / len(batch), ious / len(batch)
+
+
+def validate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, prompts: Sequence[str]) -> dict[str, float]:
+    """Mean IoU per prompt on ``dataset`` (seed 0), in this process (the weights live in memory)."""
+    specs = parse_prompts(list(prompts))
+    rows = [r for rows in evaluate(model, cache, dataset, specs, [0], progress=False, workers=1) for r in rows]
+    frame = pd.DataFrame(rows)
+    return {p: float(frame.loc[frame["prompt"] == p, "iou"].mean()) for p in prompts}
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _checkpoint(model: SamModel, config: FinetuneConfig, run: dict, epoch: int, log: list, best: dict | None,
+                optimizer: torch.optim.Optimizer | None) -> dict:
+    record = {"format": CHECKPOINT_FORMAT, "model": model.name, "state_dict": model.state_dict(),
+              "options": config.to_dict(), **run, "epoch": epoch, "log": log, "best": best, "samhw": __version__}
+    if optimizer is not None:
+        record["optimizer"] = optimizer.state_dict()
+    return record
+
+
+def _resume(path: Path, config: FinetuneConfig, model: SamModel, optimizer: torch.optim.Optimizer) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"{path}: cannot read this checkpoint to resume ({type(err).__name__}); "
+                         "delete it to start over") from err
+    stored = FinetuneConfig.from_dict(state["options"])
+    if stored != config:
+        diff = {k: (v, getattr(config, k)) for k, v in asdict(stored).items() if getattr(config, k) != v}
+        raise FinetuneError(f"{path}: was trained with other options; --resume needs the same ones. "
+                         f"Differences (checkpoint, now): {diff}")
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = None, device: str = "auto",
+             cache_dir: str | None = None, resume: bool = False, skip_bad: bool = False,
+             progress: bool = True, command: str | None = None) -> dict:
+    """Run (or resume) a fine-tuning run into ``out``; returns the best epoch's record.
+
+    Writes ``last.pt`` (every epoch, with the optimizer), ``best.pt`` (highest mean validation
+    IoU), ``log.json`` and ``curves.png``. Both checkpoints load with ``load_model(config.model, path)``.
+    """
+    from . import plots
+
+    out = Path(out)
+    last, best_path = out / "last.pt", out / "best.pt"
+    if last.exists() and not resume:
+        raise FinetuneError(f"{last} exists: pass --resume to continue that run, or choose another --out")
+    if resume and not last.exists():
+        raise FinetuneError(f"{last} not found: nothing to resume (run without --resume to start)")
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(config.model, config.checkpoint, device, cache_dir=cache_dir)
+    base = model.fingerprint()
+    train_set = load_dataset(data, "train", skip_bad=skip_bad, limit=config.limit)
+    val_set = load_dataset(data, "val", skip_bad=skip_bad, limit=config.val_limit)
+    for dataset in (train_set, val_set):
+        tqdm.write(dataset.report(), file=sys.stderr)
+    run = {"base_weights": base, "base_checkpoint": config.checkpoint, "command": command,
+           "split": {"train": train_set.patients, "val": val_set.patients, "data": str(train_set.root)}}
+    train_encoder = "image_encoder" in config.parts
+    if train_encoder:  # embeddings change with the weights: validation encodes into a scratch cache
+        model.onnx_dir = out / "scratch" / "onnx"
+    cache = EmbeddingCache(model, cache_dir)
+    if not train_encoder:
+        tqdm.write(f"{cache.ensure([s.image for s in train_set.slices + val_set.slices], progress=progress)} "
+                   f"(cache: {cache.folder})", file=sys.stderr)
+    params = _trainable(model, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    log: list[dict] = []
+    best: dict | None = None
+    start_epoch = 0
+    if resume:
+        state = _resume(last, config, model, optimizer)
+        log, best, start_epoch = state["log"], state["best"], state["epoch"] + 1
+        done = f"epochs 1-{start_epoch}" if start_epoch > 1 else "epoch 1"
+        tqdm.write(f"resuming {last}: {done} done (best so far: epoch {best['epoch']}, validation "
+                   f"IoU {best['val_mean']:.4f}); continuing with epoch {start_epoch + 1} of {config.epochs}",
+                   file=sys.stderr)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        order = np.random.default_rng(np.random.SeedSequence([config.seed, epoch])).permutation(len(train_set))
+        model.train()
+        sums = np.zeros(3)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                   disable=not progress)
+        with PeakMemory(model.device, interval_s=2.0) as memory:
+            for i in bar:
+                batch = [train_set.slices[j] for j in order[i * config.batch_size:(i + 1) * config.batch_size]]
+                lr = _learning_rate(config, epoch * steps_per_epoch + i, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                loss, mask_loss, iou_loss = _batch_loss(model, config, cache, batch, epoch)
+                loss.backward()
+                optimizer.step()
+                sums += (float(loss.detach()), mask_loss, iou_loss)
+                bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", slices_s=f"{(i + 1) * config.batch_size / (time.time() - started):.1f}")
+            model.eval()  # TinyViT recomputes its cached attention biases from the new weights
+            train_s = time.time() - started
+            if train_encoder:
+                model.weights_changed()  # a new encoder key: validation encodes afresh
+                val_cache = EmbeddingCache(model, out / "scratch")
+            else:
+                val_cache = cache
+            val = validate(model, val_cache, val_set, config.val_prompts)
+            if train_encoder:
+                shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
+        loss, mask_loss, iou_loss = (float(v) for v in sums / steps_per_epoch)  # plain floats: weights_only loads
+        entry = {"epoch": epoch + 1, "loss": loss, "mask_loss": mask_loss, "iou_loss": iou_loss, "lr_end": lr, "val": val,
+                 "val_mean": float(np.mean(list(val.values()))), "train_s": round(train_s, 1),
+                 "epoch_s": round(time.time() - started, 1),
+                 "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb),
+                 "device": str(model.device)}
+        log.append(entry)
+        improved = best is None or entry["val_mean"] > best["val_mean"]
+        if improved:
+            best = {"epoch": epoch + 1, "val_mean": entry["val_mean"], "val": val}
+            _save_atomic(_checkpoint(model, config, run, epoch, log, best, None), best_path)
+        _save_atomic(_checkpoint(model, config, run, epoch, log, best, optimizer), last)
+        (out / "log.json").write_text(json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log},
+                                                 indent=1) + "\n")
+        plots.save(plots.training_curves(log), out / "curves.png")
+        tqdm.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation IoU "
+                   + ", ".join(f"{p} {v:.3f}" for p, v in val.items())
+                   + f" (mean {entry['val_mean']:.4f}{', best so far: saved best.pt' if improved else ''}); "
+                   f"{entry['epoch_s']:.0f} s", file=sys.stderr)
+    return best

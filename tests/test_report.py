@@ -1,0 +1,47 @@
+"""The README's tables are the committed results, written by the commands that made them."""
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from samhw.report import END, START, results_block
+from samhw.study import EXPERIMENTS
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "litemedsam"
+FINETUNED = REPO / "results" / "litemedsam-finetuned"
+
+
+def test_readme_results_block_is_the_committed_study(monkeypatch):
+    """The pretrained study, or pretrained against fine-tuned once a fine-tuned study is committed."""
+    monkeypatch.chdir(REPO)  # the block names its folders relative to the checkout
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    dirs = [RESULTS, FINETUNED] if (FINETUNED / "summary.json").is_file() else [RESULTS]
+    assert block == results_block([d.relative_to(REPO) for d in dirs]).strip()
+
+
+def test_committed_study_is_the_default_run_and_complete():
+    meta = json.loads((RESULTS / "summary.json").read_text())
+    test = meta["splits"]["test"]
+    assert test["command"] == "python -m samhw study --readme README.md"  # the README's main job, on the defaults
+    assert test["limit"] is None and meta["seeds"] == [0, 1, 2]
+    assert test["slices"] == 253 and test["skipped"] == []
+    summary = pd.read_csv(RESULTS / "summary.csv")
+    assert list(dict.fromkeys(summary["prompt"])) == [p for e in ("E1", "E2", "E3") for p in EXPERIMENTS[e]]
+    rows = pd.read_csv(RESULTS / "rows_test.csv")
+    assert rows["slice"].nunique() == 253 and rows.groupby("prompt")["slice"].nunique().eq(253).all()
+    # the summary is the rows' summary (nothing edited by hand)
+    tight = rows[rows["prompt"] == "box:0"]["iou"].mean()
+    test_summary = summary[summary["split"] == "test"].set_index("prompt")
+    assert abs(test_summary.loc["box:0", "iou"] - tight) < 1e-6
+
+
+def test_readme_bench_block_names_its_command_and_file():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- bench:start -->", 1)[1].split("<!-- bench:end -->", 1)[0]
+    files = re.findall(r"`(results/bench/[^`]+\.md)`", block)
+    assert files and "python -m samhw bench" in block
+    committed = (REPO / files[0]).read_text().strip().replace("# Benchmark", "#### Benchmark", 1)
+    assert committed in block
