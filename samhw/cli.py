@@ -70,10 +70,14 @@ def _cmd_study(args: argparse.Namespace) -> None:
                   command="python -m samhw " + " ".join(args.argv))
     run_study(out, checkpoint=args.checkpoint, reuse=args.reuse or bool(args.finetuned), **common)
     dirs = [out]
+    tuned = Path(f"{out}-finetuned")
     if args.finetuned:
-        dirs.append(f"{out}-finetuned")
-        run_study(dirs[1], checkpoint=args.finetuned, reuse=args.reuse, **common)
+        dirs.append(str(tuned))
+        run_study(tuned, checkpoint=args.finetuned, reuse=args.reuse, **common)
         print(f"wrote the comparison to {write_comparison(*dirs, checkpoint=args.finetuned)}")
+    elif (tuned / "summary.json").is_file():  # keep comparing with the fine-tuned results already there
+        dirs.append(str(tuned))
+        print(f"compared again with the fine-tuned results in {tuned}: {write_comparison(*dirs)}")
     if args.readme:
         changed = update_readme(args.readme, *dirs)
         print(f"{'updated' if changed else 'unchanged'}: results table in {args.readme}")

@@ -120,3 +120,8 @@ def test_study_compares_a_finetuned_checkpoint_and_reuses_the_pretrained_rows(da
     origin = pd.read_csv(out / "summary.csv").set_index("prompt")
     row = next(line for line in table.splitlines() if line.startswith("| E1 | `box:0` |"))
     assert row.split(" | ")[3] == f"{origin.loc['box:0', 'iou']:.3f}"  # the origin column is the pretrained study
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:start (written by `python -m samhw report`; do not edit by hand) -->\n"
+                      "<!-- results:end -->\n")
+    assert main(args + ["--readme", str(readme)]) == 0  # the pretrained study alone still shows the comparison
+    assert "| test origin | test fine-tuned |" in readme.read_text()
