@@ -92,26 +92,29 @@ SPLIT_ORDER = ("test", "train", "val", "all")
 _SAME_RUN = ("model", "weights", "encoder", "plain", "prompts", "seeds", "samhw")
 
 
+def _split_record(out: Path, split: str) -> dict | None:
+    """The record (``rows_<split>.json``) of a finished split in ``out``, or None."""
+    record_file = out / f"rows_{split}.json"
+    if not (out / f"rows_{split}.csv").is_file() or not record_file.is_file():
+        return None
+    return json.loads(record_file.read_text())
+
+
 def _earlier_splits(out: Path, config: dict, done: Sequence[str]) -> dict[str, dict]:
     """Splits evaluated into ``out`` by earlier runs with the same model, prompts and seeds."""
     found = {}
     for path in sorted(out.glob("rows_*.json")):
         split = path.stem.removeprefix("rows_")
-        if split in done or not (out / f"rows_{split}.csv").is_file():
-            continue
-        record = json.loads(path.read_text())
-        if all(record.get("config", {}).get(k) == config[k] for k in _SAME_RUN):
+        record = None if split in done else _split_record(out, split)
+        if record is not None and all(record.get("config", {}).get(k) == config[k] for k in _SAME_RUN):
             found[split] = record
     return found
 
 
 def _same_config(out: Path, split: str, config: dict) -> dict | None:
     """The record of ``rows_<split>.csv`` in ``out`` if it was made with exactly ``config``."""
-    record_file = out / f"rows_{split}.json"
-    if not (out / f"rows_{split}.csv").is_file() or not record_file.is_file():
-        return None
-    record = json.loads(record_file.read_text())
-    return record if record.get("config") == json.loads(json.dumps(config, default=str)) else None
+    record = _split_record(out, split)
+    return record if record and record.get("config") == json.loads(json.dumps(config, default=str)) else None
 
 
 def run_study(
