@@ -2,16 +2,20 @@
 
 Measured in one run: encoder time per slice, decoder time per prompt (one at a time and batched),
 the study's wall time on a subset of slices from a cold and a warm cache,
-a decoder-only training step, peak memory, and the embedding cache's size on disk. Results are
-printed with their ratios and written as JSON and Markdown with the machine's description.
+a decoder-only training step, peak memory, and the embedding cache's size on disk. Each path runs
+in a fresh process of its own (the plain path as PyTorch is installed, the project's path with its
+process-wide allocator setting). Results are printed with their ratios and written as JSON and
+Markdown with the machine's description.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +26,9 @@ import torch.nn.functional as F
 from .cache import EmbeddingCache
 from .data import load_dataset
 from .evaluate import evaluate, plan
-from .models import SamModel, load_model
+from .models import SamModel, load_model, resolve_device
 from .prompts import Target, parse_prompts
-from .resources import PeakMemory
+from .resources import PeakMemory, keep_freed_memory
 from .study import EXPERIMENTS
 
 __all__ = ["run_bench", "describe_machine", "compare_paths"]
@@ -113,6 +117,33 @@ def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: t
                 p.copy_(s)
 
 
+def _gflop(fn: Callable[[], object]) -> float:
+    """Matrix-product and convolution work of one call, GFLOP (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def _matmul_gflops(device: torch.device, size: int = 2048, repeat: int = 5) -> float:
+    """This machine's fp32 matrix-product rate, GFLOP/s: the ceiling of compute-bound work."""
+    a = torch.randn(size, size, device=device)
+    return 2 * size ** 3 / _timed(lambda: a @ a, device, repeat) / 1e9
+
+
+def _arithmetic(plain: SamModel, fast: SamModel, dataset, device: torch.device) -> dict:
+    """GFLOP per slice (encoder) and per prompt (decoder, one box) of each path, and the machine's rate."""
+    item = dataset.slices[0]
+    image = plain.preprocess([item.image])
+    prompt = parse_prompts(["box:10"])[0].draw(Target(item.mask, None, item.slice_id), 0)
+    plain_context, fast_context = plain.image_context(plain.encode([item.image])), fast.image_context(fast.encode([item.image]))
+    return {"encoder_gflop": round(_gflop(lambda: plain.image_encoder(image)), 2),
+            "plain_decoder_gflop": round(_gflop(lambda: plain.predict_masks(plain_context, [prompt], item.mask.shape, False)), 3),
+            "fast_decoder_gflop": round(_gflop(lambda: fast.predict_masks(fast_context, [prompt], item.mask.shape, False)), 3),
+            "matmul_gflops": round(_matmul_gflops(device), 1)}
+
+
 def _study_subset(model: SamModel, dataset, seeds: int, cache_root: Path) -> dict:
     """The study's prompts on ``dataset``, from a cold cache and again from the warm one: seconds,
     peak memory, and the steady throughput (between the first and last slice, so without the
@@ -164,62 +195,84 @@ def compare_paths(plain: SamModel, fast: SamModel, dataset, prompts: list[str], 
             "iou_fast": float(np.mean(ious_fast)), "prompts": len(ious_plain)}
 
 
+def _measure_path(plain: bool, model_name: str, checkpoint: str | None, device: str, data: str | None, split: str,
+                  slices: int, seeds: int, repeat: int, cache_root: str) -> dict:
+    """Every timing of one path (``plain``: eager PyTorch as installed), in a process of its own so
+    that no process-wide setting of one path reaches the other. The plain path is then timed once
+    more with samhw's allocator setting (:func:`samhw.resources.keep_freed_memory`), to show its share."""
+    model = load_model(model_name, checkpoint, device, plain=plain)
+    dev = model.device
+    dataset = load_dataset(data, split, limit=slices)
+    images = [s.image for s in dataset.slices]
+    shape = dataset.slices[0].mask.shape
+    batch_enc = 32 if dev.type == "cuda" else 1
+    batch_dec = 64 if dev.type == "cuda" else 16
+    out: dict = {"encoder_backend": model.encoder_backend, "encoder_ms": _encoder_ms(model, images, 1, repeat)}
+    if not plain and len(images) >= batch_enc > 1:
+        out.update(encoder_batched_ms=_encoder_ms(model, images, batch_enc, max(1, repeat // 2)), encoder_batch=batch_enc)
+
+    embedding = model.encode(images[:1])
+    target = Target(dataset.slices[0].mask, images[0], dataset.slices[0].slice_id)
+    prompts = [spec.draw(target, 0) for spec in parse_prompts(["box:0", "box:10"])]
+    out.update(decoder_ms=_decoder_ms(model, embedding, prompts, shape, 1, 10 * repeat),  # cheap: more calls, a steadier median
+               decoder_batched_ms=_decoder_ms(model, embedding, prompts, shape, batch_dec, max(1, repeat // 2)),
+               decoder_batch=batch_dec)
+
+    train_batch = 8
+    chosen = (dataset.slices * train_batch)[:train_batch]
+    embeddings = model.encode([s.image for s in chosen]).to(dev)
+    box_prompts = [parse_prompts(["box:10"])[0].draw(Target(s.mask, None, s.slice_id), 0) for s in chosen]
+    truths = torch.stack([torch.from_numpy(s.mask).float() for s in chosen]).to(dev)
+    out["train_step_ms"] = _train_step_ms(model, embeddings, box_prompts, truths, not plain, max(1, repeat // 2))
+
+    model.onnx_dir = Path(cache_root) / "onnx"  # a cold cache includes the ONNX export
+    model._onnx = None
+    out["study"] = _study_subset(model, dataset, seeds, Path(cache_root) / ("plain" if plain else "fast"))
+    if plain and dev.type == "cpu" and keep_freed_memory():
+        out["allocator_kept"] = {"encoder_ms": _encoder_ms(model, images, 1, repeat),
+                                 "decoder_ms": _decoder_ms(model, embedding, prompts, shape, 1, 10 * repeat)}
+    return out
+
+
 def run_bench(data: str | None = None, split: str = "test", slices: int = 8, seeds: int = 3, device: str = "auto",
               model_name: str = "litemedsam", checkpoint: str | None = None, repeat: int = 5,
               out: str | Path | None = None, study_record: dict | None = None) -> dict:
-    """Measure both paths; returns the results and writes ``out``.json/.md if given.
+    """Measure both paths, each in a fresh process; returns the results and writes ``out``.json/.md if given.
 
     ``study_record``: the ``summary.json`` of a default study run, whose time is set against the
     study's target (it is not rerun here).
     """
-    fast = load_model(model_name, checkpoint, device)
-    plain = load_model(model_name, checkpoint, fast.device, plain=True)
-    dev = fast.device
+    dev = resolve_device(device)
     dataset = load_dataset(data, split, limit=slices)
-    images = [s.image for s in dataset.slices]
-    shape = dataset.slices[0].mask.shape
     result: dict = {"machine": describe_machine(dev), "device": str(dev), "model": model_name, "split": split,
-                    "slices": len(dataset), "seeds": seeds, "encoder_backend": fast.encoder_backend}
-    batch_enc = 32 if dev.type == "cuda" else 1
-    batch_dec = 64 if dev.type == "cuda" else 16
+                    "slices": len(dataset), "seeds": seeds}
     print(f"benchmarking on {dev} ({result['machine'].get('gpu', result['machine']['cpu'])}), "
-          f"{len(dataset)} {split} slices, {seeds} seeds", flush=True)
-
-    enc = {"plain_ms": _encoder_ms(plain, images, 1, repeat), "fast_ms": _encoder_ms(fast, images, 1, repeat)}
-    if len(images) >= batch_enc > 1:
-        enc["fast_batched_ms"] = _encoder_ms(fast, images, batch_enc, max(1, repeat // 2))
-        enc["batch"] = batch_enc
-    result["encoder_per_slice"] = enc
-
-    embedding = fast.encode(images[:1])
-    target = Target(dataset.slices[0].mask, images[0], dataset.slices[0].slice_id)
-    prompts = [spec.draw(target, 0) for spec in parse_prompts(["box:0", "box:10"])]
-    result["decoder_per_prompt"] = {
-        "plain_ms": _decoder_ms(plain, embedding, prompts, shape, 1, repeat),
-        "fast_ms": _decoder_ms(fast, embedding, prompts, shape, 1, repeat),
-        "plain_batched_ms": _decoder_ms(plain, embedding, prompts, shape, batch_dec, max(1, repeat // 2)),
-        "fast_batched_ms": _decoder_ms(fast, embedding, prompts, shape, batch_dec, repeat),
-        "batch": batch_dec,
-    }
-
-    train_batch = 8
-    embeddings = fast.encode((images * train_batch)[:train_batch]).to(dev)
-    box_prompts = [parse_prompts(["box:10"])[0].draw(Target(s.mask, None, s.slice_id), 0)
-                   for s in (dataset.slices * train_batch)[:train_batch]]
-    truths = torch.stack([torch.from_numpy(s.mask).float() for s in (dataset.slices * train_batch)[:train_batch]]).to(dev)
-    result["train_step_batch8"] = {
-        "plain_ms": _train_step_ms(plain, embeddings, box_prompts, truths, False, max(1, repeat // 2)),
-        "fast_ms": _train_step_ms(fast, embeddings, box_prompts, truths, True, max(1, repeat // 2)),
-    }
-
+          f"{len(dataset)} {split} slices, {seeds} seeds; each path in a process of its own", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in (("fast", fast), ("plain", plain)):
-            model.onnx_dir = Path(tmp) / "onnx"  # a cold cache includes the ONNX export
-            model._onnx = None
-            result.setdefault("study_subset", {})[name] = _study_subset(model, dataset, seeds, Path(tmp) / name)
-        result["equivalence"] = compare_paths(plain, fast, dataset, [p for e in EXPERIMENTS.values() for p in e],
-                                              Path(tmp) / "fast")
-    subset = result["study_subset"]
+        paths = {}
+        for name in ("plain", "fast"):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                paths[name] = pool.submit(_measure_path, name == "plain", model_name, checkpoint, str(dev), data, split,
+                                          slices, seeds, repeat, tmp).result()
+        plain, fast = paths["plain"], paths["fast"]
+        result["encoder_backend"] = fast["encoder_backend"]
+        fast_model = load_model(model_name, checkpoint, dev)
+        plain_model = load_model(model_name, checkpoint, dev, plain=True)
+        fast_model.onnx_dir = Path(tmp) / "onnx"
+        result["equivalence"] = compare_paths(plain_model, fast_model, dataset,
+                                              [p for e in EXPERIMENTS.values() for p in e], Path(tmp) / "fast")
+        result["arithmetic"] = _arithmetic(plain_model, fast_model, dataset, dev)
+    enc = {"plain_ms": plain["encoder_ms"], "fast_ms": fast["encoder_ms"]}
+    if "encoder_batched_ms" in fast:
+        enc.update(fast_batched_ms=fast["encoder_batched_ms"], batch=fast["encoder_batch"])
+    result["encoder_per_slice"] = enc
+    result["decoder_per_prompt"] = {"plain_ms": plain["decoder_ms"], "fast_ms": fast["decoder_ms"],
+                                    "plain_batched_ms": plain["decoder_batched_ms"],
+                                    "fast_batched_ms": fast["decoder_batched_ms"], "batch": fast["decoder_batch"]}
+    result["train_step_batch8"] = {"plain_ms": plain["train_step_ms"], "fast_ms": fast["train_step_ms"]}
+    if "allocator_kept" in plain:
+        result["plain_allocator_kept"] = plain["allocator_kept"]
+    subset = result["study_subset"] = {"fast": fast["study"], "plain": plain["study"]}
     n_prompts = len(plan(parse_prompts([p for e in EXPERIMENTS.values() for p in e]), list(range(seeds))))
     subset["prompts_per_slice"] = n_prompts
     bytes_per_slice = subset["fast"]["cache_bytes_per_slice"]
@@ -312,6 +365,22 @@ def format_bench(r: dict) -> str:
     lines.append(f"| masks of every study prompt (seed 0): pixels agreeing | | {eq['pixel_agreement']:.5%} | "
                  f"mean IoU {eq['iou_plain']:.5f} vs {eq['iou_fast']:.5f} |")
     c = r["cache"]
+    kept = r.get("plain_allocator_kept")
+    if kept:
+        lines += ["", f"Each path is timed in a process of its own. The plain path, timed again in its process after "
+                      f"samhw's allocator setting (freed memory kept for reuse, `samhw.resources.keep_freed_memory`): "
+                      f"encoder {kept['encoder_ms']:.1f} ms per slice, decoder {kept['decoder_ms']:.2f} ms per prompt "
+                      f"one at a time."]
+    a = r.get("arithmetic")
+    if a:
+        enc_floor = 1000 * a["encoder_gflop"] / a["matmul_gflops"]
+        dec_floor = 1000 * a["fast_decoder_gflop"] / a["matmul_gflops"]
+        lines += ["", f"Arithmetic (torch's flop counter): the encoder does {a['encoder_gflop']} GFLOP per slice; at "
+                      f"this machine's fp32 matrix-product rate ({a['matmul_gflops']} GFLOP/s, a 2048x2048 product) "
+                      f"that is at least {enc_floor:.0f} ms, and samhw's encoder takes {enc['fast_ms']:.0f} ms "
+                      f"({enc_floor / enc['fast_ms']:.0%} of that ceiling). The decoder does {a['plain_decoder_gflop']} "
+                      f"GFLOP per box prompt as SAM computes it and {a['fast_decoder_gflop']} as samhw rearranges it: "
+                      f"at least {dec_floor:.1f} ms, against {dec['fast_ms']:.1f} ms measured one at a time."]
     lines += ["", f"The study runs one worker process per core, one thread each: its steady throughput (drawing, "
                   f"decoding, scoring, from cached embeddings) is {sub['fast']['warm']['steady_ms_per_prompt']} ms per "
                   f"prompt; with the workers' start-up and the encoding of a cold cache, {sub['fast']['ms_per_prompt']} ms.",

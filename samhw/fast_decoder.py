@@ -12,6 +12,8 @@ so do gradients: ``tests/test_fast_paths.py`` checks masks, IoU and gradients ag
   image-to-token queries and output projection fold into the tokens' keys and values.
 * The stride-2 transposed convolutions of the upscaler are per-pixel matrix products applied in
   the tokens' (N, C) layout, so nothing is transposed back to (C, H, W) until the final mask.
+* The final token-to-image attention is computed for the output tokens only (the prompt tokens'
+  results are never read).
 * With one mask asked for, or the best of three by predicted IoU, only that mask is upscaled
   through the hypernetwork product.
 
@@ -30,10 +32,8 @@ from segment_anything.modeling.transformer import Attention, TwoWayAttentionBloc
 
 __all__ = ["FastDecoder", "ImageContext"]
 
-#: Image tokens per step of the row-wise stages (the upscaler, image-to-token attention): small
-#: enough for their intermediates to stay in the CPU cache.
+#: Image tokens per step of the upscaler: small enough for its intermediates to stay in the CPU cache.
 UPSCALE_CHUNK = 1024
-ROW_CHUNK = 1024
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ImageContext:
     pos: torch.Tensor  # (1, N, C) dense positional encoding
     k1: torch.Tensor  # (H, N, D) first layer, token-to-image keys, scaled by 1/sqrt(D)
     v1: torch.Tensor  # (H, N, D) first layer, token-to-image values
-    q1: torch.Tensor  # (N, H*D) first layer, image-to-token queries, scaled by 1/sqrt(D)
+    q1: torch.Tensor  # (H*D, N) first layer, image-to-token queries (transposed), scaled by 1/sqrt(D)
     size: tuple[int, int]  # (h, w) of the embedding
     folded: dict  # per attention module: its projections rearranged for folding
 
@@ -67,8 +67,8 @@ def _fold(attn: Attention, heads: int) -> dict:
     scale = 1.0 / math.sqrt(d)
     return {
         "wk": attn.k_proj.weight.reshape(heads, d, -1) * scale,  # (H, D, C)
-        "wq_t": attn.q_proj.weight.reshape(heads, d, -1).transpose(1, 2) * scale,  # (H, C, D)
-        "bq": attn.q_proj.bias.reshape(1, heads, 1, d) * scale,
+        "wq": attn.q_proj.weight.reshape(heads, d, -1) * scale,  # (H, D, C)
+        "bq": attn.q_proj.bias.reshape(heads, d, 1) * scale,  # (H, D, 1)
         "wv_t": attn.v_proj.weight.reshape(heads, d, -1).transpose(1, 2),  # (H, C, D)
         "bv": attn.v_proj.bias.reshape(heads, 1, d),
         "wo": attn.out_proj.weight.reshape(-1, heads, d).permute(1, 2, 0).unsqueeze(0),  # (1, H, D, C)
@@ -105,7 +105,7 @@ class FastDecoder:
         scale = 1.0 / math.sqrt(t2i.internal_dim // self.heads)
         k1 = _heads(t2i.k_proj(keys + pos)[0] * scale, self.heads)
         v1 = _heads(t2i.v_proj(keys)[0], self.heads)
-        q1 = i2t.q_proj(keys + pos)[0] * scale
+        q1 = (i2t.q_proj(keys + pos)[0] * scale).t().contiguous()
         modules = [i2t] + [a for layer in tr.layers[1:] for a in (layer.cross_attn_token_to_image,
                                                                   layer.cross_attn_image_to_token)]
         folded = {id(a): _fold(a, self.heads) for a in modules + [tr.final_attn_token_to_image]}
@@ -127,43 +127,32 @@ class FastDecoder:
         return attn.out_proj(_merge(vh))
 
     def _image_to_token(self, attn: Attention, f: dict, norm: torch.nn.LayerNorm, keys: torch.Tensor,
-                        kin: torch.Tensor | None, q_flat: torch.Tensor | None, pos: torch.Tensor,
+                        kin: torch.Tensor | None, q_t: torch.Tensor | None, pos: torch.Tensor,
                         tokens_k: torch.Tensor, tokens_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tokens attend to the prompt tokens; returns the new image tokens
         ``norm(keys + update)`` (B, N, C) and the next key input (those + ``pos``).
 
-        Queries are either precomputed (``q_flat`` (N, H*D), first layer) or folded from the
-        image key input ``kin`` (B, N, C). Since each head's attention weights sum to 1, the output
-        bias is folded into the values, and the residual ``keys`` is the GEMM's accumulator. Every
-        step is row-wise in the image tokens, so they are processed ``ROW_CHUNK`` at a time, each
-        chunk passing through all steps while it is in the CPU cache.
+        Queries are either precomputed (``q_t`` (H*D, N), first layer) or folded from the image key
+        input ``kin`` (B, N, C). Scores are laid out tokens-major, (B, H*T, N), so that the softmax
+        over each head's T tokens runs along contiguous rows of N; since each head's attention
+        weights sum to 1, the output bias is folded into the values.
         """
-        kh = _heads(attn.k_proj(tokens_k), self.heads).transpose(-1, -2)  # (B, H, D, T)
+        kh = _heads(attn.k_proj(tokens_k), self.heads)  # (B, H, T, D)
         vh = _heads(attn.v_proj(tokens_v), self.heads)  # (B, H, T, D)
-        b, h, d, t = kh.shape
-        if q_flat is not None:  # block-diagonal keys: one GEMM over all heads
-            block = torch.einsum("bhdt,hg->bhdgt", kh, torch.eye(h, dtype=kh.dtype, device=kh.device))
-            block = block.reshape(b, h * d, h * t)
+        b, h, t, d = kh.shape
+        if q_t is not None:  # block-diagonal keys: one GEMM over all heads
+            eye = torch.eye(h, dtype=kh.dtype, device=kh.device)
+            block = torch.einsum("bhtd,hg->bhtgd", kh, eye).reshape(b, h * t, h * d)
+            scores = block @ q_t  # (B, H*T, N)
         else:
-            fold = (f["wq_t"].unsqueeze(0) @ kh).permute(0, 2, 1, 3).reshape(b, -1, h * t)  # (B, C, H*T)
-            bias = (f["bq"] @ kh).reshape(b, 1, -1)  # (B, 1, H*T)
+            fold = (kh @ f["wq"]).flatten(1, 2)  # (B, H*T, C): the query projection folded into the keys
+            bias = (kh @ f["bq"]).flatten(1, 2)  # (B, H*T, 1)
+            scores = torch.baddbmm(bias, fold, kin.transpose(1, 2))
+        probs = scores.unflatten(1, (h, t)).softmax(dim=2).flatten(1, 2)  # over each head's T tokens
         vo = (vh @ f["wo"]).flatten(1, 2) + attn.out_proj.bias / h  # (B, H*T, C): output projection and bias folded in
-        n, c = pos.shape[-2:]
-        if ROW_CHUNK >= n or torch.is_grad_enabled():  # in one piece: autograd cannot follow out= writes
-            scores = q_flat @ block if q_flat is not None else torch.baddbmm(bias, kin, fold)
-            probs = scores.unflatten(-1, (h, t)).softmax(dim=-1).flatten(2)
-            new_keys = F.layer_norm(torch.baddbmm(keys, probs, vo), (c,), norm.weight, norm.bias, norm.eps)
-            return new_keys, new_keys + pos
-        new_keys = pos.new_empty(b, n, c, dtype=torch.promote_types(keys.dtype, vo.dtype))
-        new_kin = torch.empty_like(new_keys)
-        for start in range(0, n, ROW_CHUNK):
-            rows = slice(start, start + ROW_CHUNK)
-            scores = q_flat[rows] @ block if q_flat is not None else torch.baddbmm(bias, kin[:, rows], fold)
-            probs = scores.unflatten(-1, (h, t)).softmax(dim=-1).flatten(2)  # (B, R, H*T)
-            out = F.layer_norm(torch.baddbmm(keys[:, rows], probs, vo), (c,), norm.weight, norm.bias, norm.eps)
-            new_keys[:, rows] = out
-            torch.add(out, pos[:, rows], out=new_kin[:, rows])
-        return new_keys, new_kin
+        updated = torch.baddbmm(keys.expand(b, -1, -1), probs.transpose(1, 2), vo)
+        new_keys = F.layer_norm(updated, (keys.shape[-1],), norm.weight, norm.bias, norm.eps)
+        return new_keys, new_keys + pos
 
     def _block(self, layer: TwoWayAttentionBlock, queries, query_pe, keys, kin, ctx: ImageContext, first: bool):
         if layer.skip_first_layer_pe:
@@ -226,11 +215,13 @@ class FastDecoder:
         queries, keys, kin = tokens, ctx.keys, None
         for i, layer in enumerate(tr.layers):
             queries, keys, kin = self._block(layer, queries, tokens, keys, kin, ctx, first=i == 0)
-        final = tr.final_attn_token_to_image
-        update = self._token_to_image(final, ctx.folded[id(final)], queries + tokens, keys, kin)
-        queries = tr.norm_final_attn(queries + update)
-        iou = md.iou_prediction_head(queries[:, 0])  # (B, 4)
-        mask_tokens = queries[:, 1:1 + md.num_mask_tokens]  # (B, 4, C)
+        # Only the output tokens are read after the final attention, and each token attends on its own.
+        final, n_out = tr.final_attn_token_to_image, 1 + md.num_mask_tokens
+        out = queries[:, :n_out]
+        update = self._token_to_image(final, ctx.folded[id(final)], out + tokens[:, :n_out], keys, kin)
+        out = tr.norm_final_attn(out + update)
+        iou = md.iou_prediction_head(out[:, 0])  # (B, 4)
+        mask_tokens = out[:, 1:]  # (B, 4, C)
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
         return keys, iou, hyper
 

