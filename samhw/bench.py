@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cache import EmbeddingCache
 from .data import load_dataset
@@ -30,6 +29,7 @@ from .models import SamModel, load_model, resolve_device
 from .prompts import Target, parse_prompts
 from .resources import PeakMemory, keep_freed_memory
 from .study import EXPERIMENTS
+from .train import prompt_loss, training_forward
 
 __all__ = ["run_bench", "describe_machine", "compare_paths"]
 
@@ -81,9 +81,9 @@ def _decoder_ms(model: SamModel, embedding: torch.Tensor, prompts, shape, batch:
     return 1000 * _timed(lambda: model.predict_masks(context, chunk, shape, False), model.device, repeat) / batch
 
 
-def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: torch.Tensor, fast: bool,
-                   repeat: int) -> float:
-    """One decoder-only step (Dice + BCE on box prompts, AdamW) on a batch of cached embeddings."""
+def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: torch.Tensor, repeat: int) -> float:
+    """One decoder-only step of ``samhw.train`` (its forward and loss, box prompts, AdamW) on a batch
+    of cached embeddings; the decoder's weights are restored afterwards."""
     decoder_params = [p for p in model.mask_decoder.parameters()]
     saved = [p.detach().clone() for p in decoder_params]
     optimizer = torch.optim.AdamW(decoder_params, lr=1e-6)
@@ -92,18 +92,8 @@ def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: t
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with model.autocast():
-            losses = []
-            for embedding, prompt, truth in zip(embeddings, prompts, truths):
-                points, boxes = model.prompt_tensors([prompt], shape)
-                if fast:
-                    context = model.fast_decoder.prepare(embedding[None])
-                    logits, _ = model.fast_decoder.decode(context, points, boxes, False)
-                else:
-                    logits, _ = model.decode(embedding[None], points, boxes, False)
-                logits = model.postprocess(logits.float(), shape)[0, 0]
-                probs = logits.sigmoid()
-                dice = 1 - (2 * (probs * truth).sum() + 1) / (probs.sum() + truth.sum() + 1)
-                losses.append(dice + F.binary_cross_entropy_with_logits(logits, truth))
+            losses = [prompt_loss(*training_forward(model, embedding, prompt, shape, False), truth, False, 1.0)[0]
+                      for embedding, prompt, truth in zip(embeddings, prompts, truths)]
             torch.stack(losses).mean().backward()
         optimizer.step()
 
@@ -117,13 +107,13 @@ def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: t
                 p.copy_(s)
 
 
-def _gflop(fn: Callable[[], object]) -> float:
-    """Matrix-product and convolution work of one call, GFLOP (torch's flop counter)."""
+def _gflop(fn: Callable[[], object]) -> tuple[object, float]:
+    """What one call returns, and its matrix-product and convolution work, GFLOP (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+        result = fn()
+    return result, counter.get_total_flops() / 1e9
 
 
 def _matmul_gflops(device: torch.device, size: int = 2048, repeat: int = 5) -> float:
@@ -132,16 +122,16 @@ def _matmul_gflops(device: torch.device, size: int = 2048, repeat: int = 5) -> f
     return 2 * size ** 3 / _timed(lambda: a @ a, device, repeat) / 1e9
 
 
-def _arithmetic(plain: SamModel, fast: SamModel, dataset, device: torch.device) -> dict:
+def _arithmetic(plain: SamModel, fast: SamModel, fast_cache: EmbeddingCache, dataset, device: torch.device) -> dict:
     """GFLOP per slice (encoder) and per prompt (decoder, one box) of each path, and the machine's rate."""
     item = dataset.slices[0]
-    image = plain.preprocess([item.image])
     prompt = parse_prompts(["box:10"])[0].draw(Target(item.mask, None, item.slice_id), 0)
-    plain_context, fast_context = plain.image_context(plain.encode([item.image])), fast.image_context(fast.encode([item.image]))
-    return {"encoder_gflop": round(_gflop(lambda: plain.image_encoder(image)), 2),
-            "plain_decoder_gflop": round(_gflop(lambda: plain.predict_masks(plain_context, [prompt], item.mask.shape, False)), 3),
-            "fast_decoder_gflop": round(_gflop(lambda: fast.predict_masks(fast_context, [prompt], item.mask.shape, False)), 3),
-            "matmul_gflops": round(_matmul_gflops(device), 1)}
+    embedding, encoder_gflop = _gflop(lambda: plain.encode([item.image]))
+    plain_context, fast_context = plain.image_context(embedding), fast.image_context(fast_cache.get(item.image))
+    _, plain_gflop = _gflop(lambda: plain.predict_masks(plain_context, [prompt], item.mask.shape, False))
+    _, fast_gflop = _gflop(lambda: fast.predict_masks(fast_context, [prompt], item.mask.shape, False))
+    return {"encoder_gflop": round(encoder_gflop, 2), "plain_decoder_gflop": round(plain_gflop, 3),
+            "fast_decoder_gflop": round(fast_gflop, 3), "matmul_gflops": round(_matmul_gflops(device), 1)}
 
 
 def _study_subset(model: SamModel, dataset, seeds: int, cache_root: Path) -> dict:
@@ -223,10 +213,9 @@ def _measure_path(plain: bool, model_name: str, checkpoint: str | None, device: 
     embeddings = model.encode([s.image for s in chosen]).to(dev)
     box_prompts = [parse_prompts(["box:10"])[0].draw(Target(s.mask, None, s.slice_id), 0) for s in chosen]
     truths = torch.stack([torch.from_numpy(s.mask).float() for s in chosen]).to(dev)
-    out["train_step_ms"] = _train_step_ms(model, embeddings, box_prompts, truths, not plain, max(1, repeat // 2))
+    out["train_step_ms"] = _train_step_ms(model, embeddings, box_prompts, truths, max(1, repeat // 2))
 
     model.onnx_dir = Path(cache_root) / "onnx"  # a cold cache includes the ONNX export
-    model._onnx = None
     out["study"] = _study_subset(model, dataset, seeds, Path(cache_root) / ("plain" if plain else "fast"))
     if plain and dev.type == "cpu" and keep_freed_memory():
         out["allocator_kept"] = {"encoder_ms": _encoder_ms(model, images, 1, repeat),
@@ -261,7 +250,8 @@ def run_bench(data: str | None = None, split: str = "test", slices: int = 8, see
         fast_model.onnx_dir = Path(tmp) / "onnx"
         result["equivalence"] = compare_paths(plain_model, fast_model, dataset,
                                               [p for e in EXPERIMENTS.values() for p in e], Path(tmp) / "fast")
-        result["arithmetic"] = _arithmetic(plain_model, fast_model, dataset, dev)
+        result["arithmetic"] = _arithmetic(plain_model, fast_model, EmbeddingCache(fast_model, Path(tmp) / "fast"),
+                                           dataset, dev)
     enc = {"plain_ms": plain["encoder_ms"], "fast_ms": fast["encoder_ms"]}
     if "encoder_batched_ms" in fast:
         enc.update(fast_batched_ms=fast["encoder_batched_ms"], batch=fast["encoder_batch"])

@@ -134,13 +134,22 @@ class SamModel(nn.Module):
         self.checkpoint: str | None = None  # where the weights came from
         self.meta: dict = {}  # what a project checkpoint recorded (training options, split, ...)
         self.plain = False  # True: reference eager PyTorch everywhere (no ONNX encoder, no fast decoder)
-        self.onnx_dir: Path = default_cache_dir() / "onnx"  # where the ONNX encoder is exported
+        self.onnx_dir = default_cache_dir() / "onnx"
         self.fast_decoder = FastDecoder(self.prompt_encoder, self.mask_decoder)
-        self._onnx = None
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def onnx_dir(self) -> Path:
+        """Where the ONNX encoder is exported; setting it drops a session loaded from elsewhere."""
+        return self._onnx_dir
+
+    @onnx_dir.setter
+    def onnx_dir(self, folder: str | os.PathLike) -> None:
+        self._onnx_dir = Path(folder)
+        self._onnx = None
 
     def fingerprint(self, part: str | None = None) -> str:
         """SHA-256 of the weights (of one part such as ``image_encoder``, or all), hex."""

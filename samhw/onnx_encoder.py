@@ -63,11 +63,10 @@ class OnnxEncoder:
         self.path = path
 
     @staticmethod
-    def export(encoder: nn.Module, input_size: int, path: Path) -> Path:
+    def export(encoder: nn.Module, input_size: int, path: Path) -> None:
         """Export the encoder to ``path`` unless it is there already."""
         if not path.exists():
             _export(encoder, input_size, path)
-        return path
 
     @staticmethod
     def suitable(encoder: nn.Module) -> bool:

@@ -30,10 +30,10 @@ from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
 from .evaluate import evaluate
 from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model
-from .prompts import PromptError, PromptSpec, Target, parse_prompts, prompt_rng
+from .prompts import Prompt, PromptError, PromptSpec, Target, parse_prompts, prompt_rng
 from .resources import PeakMemory
 
-__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt", "prompt_loss",
+__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt", "training_forward", "prompt_loss",
            "parse_mix"]
 
 #: Prompts drawn in training, with their probabilities: boxes with the report's random margins
@@ -177,6 +177,18 @@ def _trainable(model: SamModel, config: FinetuneConfig) -> list[torch.nn.Paramet
     return params
 
 
+def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
+                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every mask of one prompt, differentiably: logits (K, H, W) on the slice of ``shape`` and
+    predicted IoU (K,), from an embedding (C, h, w). SAM's decoder on the plain path, else the fast one."""
+    points, boxes = model.prompt_tensors([prompt], shape)
+    if model.plain:
+        low, scores = model.decode(embedding[None], points, boxes, multimask)
+    else:
+        low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding[None]), points, boxes, multimask)
+    return model.postprocess(low.float(), shape)[0], scores[0]
+
+
 def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
                 epoch: int) -> tuple[torch.Tensor, float, float]:
     """Mean loss over a batch (one prompt per slice); the decoder runs slice by slice."""
@@ -189,17 +201,9 @@ def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, 
     with model.autocast():
         for item, embedding in zip(batch, embeddings):
             spec, prompt = training_prompt(config, item, epoch)
-            shape = item.mask.shape
-            points, boxes = model.prompt_tensors([prompt], shape)
-            if model.plain:
-                low, scores = model.decode(embedding[None], points, boxes, spec.multimask)
-            else:
-                low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding[None]), points,
-                                                            boxes, spec.multimask)
-            logits = model.postprocess(low.float(), shape)[0]
+            logits, scores = training_forward(model, embedding, prompt, item.mask.shape, spec.multimask)
             truth = torch.from_numpy(item.mask).to(model.device)
-            total, mask_loss, iou_loss = prompt_loss(logits, scores[0], truth, spec.multimask,
-                                                     config.iou_loss_weight)
+            total, mask_loss, iou_loss = prompt_loss(logits, scores, truth, spec.multimask, config.iou_loss_weight)
             totals.append(total)
             masks += float(mask_loss)
             ious += float(iou_loss)
