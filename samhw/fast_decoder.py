@@ -40,7 +40,7 @@ UPSCALE_CHUNK = 1024
 class ImageContext:
     """Per-image tensors shared by every prompt of the image (and the weights rearranged once)."""
 
-    keys: torch.Tensor  # (1, N, C) image tokens + no-mask embedding
+    keys: torch.Tensor  # (1, N, C) image tokens + no-mask embedding, contiguous
     pos: torch.Tensor  # (1, N, C) dense positional encoding
     k1: torch.Tensor  # (H, N, D) first layer, token-to-image keys, scaled by 1/sqrt(D)
     v1: torch.Tensor  # (H, N, D) first layer, token-to-image values
@@ -112,7 +112,9 @@ class FastDecoder:
         conv1, _, _, conv2, _ = self.md.output_upscaling
         folded["w1"] = conv1.weight.permute(0, 2, 3, 1).reshape(c, -1)  # (C, a*b*C1) for output offset (a, b)
         folded["w2"] = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
-        return ImageContext(keys, pos, k1, v1, q1, (h, w), folded)
+        # Stored (N, C)-contiguous: the embedding's (C, h, w) order, read token by token by every
+        # prompt (the residual of the first image-to-token attention), made the decoder ~15% slower.
+        return ImageContext(keys.contiguous(), pos, k1, v1, q1, (h, w), folded)
 
     # -- attention pieces
 

@@ -2,6 +2,8 @@
 
 Criteria (issue: speed): mean IoU within 0.001 and at least 99.9% of pixels agreeing, on real slices.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,28 @@ def test_fast_decoder_matches_the_reference_on_random_weights():
                 torch.testing.assert_close(low_all, low, atol=2e-4, rtol=1e-4, msg=name)
                 torch.testing.assert_close(scores_all, scores, atol=1e-5, rtol=1e-5, msg=name)
 
+
+
+def test_image_tokens_are_stored_token_major_and_the_layout_changes_no_bit():
+    """The context keeps the image tokens (N, C)-contiguous (each prompt reads them token by token);
+    the layout is a speed matter only: decoding from the embedding's (C, N) order gives the same bits."""
+    torch.manual_seed(2)
+    model = build_model("litemedsam")
+    fast = FastDecoder(model.prompt_encoder, model.mask_decoder)
+    batches = [[Prompt(np.zeros((0, 2)), np.zeros(0, np.int64), np.array([30.0, 40.0, 120.0, 90.0]))] * 2,
+               [Prompt(np.array([[60.0, 70.0]]), np.array([1]), np.array([20.0, 50.0, 100.0, 140.0]))]]
+    with torch.inference_mode():
+        context = fast.prepare(torch.randn(1, 256, 64, 64))
+        assert context.keys.is_contiguous()
+        channels_first = context.keys.transpose(1, 2).contiguous().transpose(1, 2)
+        assert not channels_first.is_contiguous()
+        other = dataclasses.replace(context, keys=channels_first)
+        for prompts in batches:
+            points, boxes = model.prompt_tensors(prompts, (256, 256))
+            for multimask in (False, True):
+                low, scores = fast.decode(context, points, boxes, multimask)
+                low_other, scores_other = fast.decode(other, points, boxes, multimask)
+                assert torch.equal(low, low_other) and torch.equal(scores, scores_other)
 
 @pytest.mark.slow
 def test_fast_path_gives_the_plain_path_masks_on_real_slices(real_slices, tmp_path):
