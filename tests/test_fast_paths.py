@@ -48,7 +48,6 @@ def test_fast_decoder_matches_the_reference_on_random_weights():
                 torch.testing.assert_close(scores_all, scores, atol=1e-5, rtol=1e-5, msg=name)
 
 
-
 def test_image_tokens_are_stored_token_major_and_the_layout_changes_no_bit():
     """The context keeps the image tokens (N, C)-contiguous (each prompt reads them token by token);
     the layout is a speed matter only: decoding from the embedding's (C, N) order gives the same bits."""
@@ -69,6 +68,7 @@ def test_image_tokens_are_stored_token_major_and_the_layout_changes_no_bit():
                 low, scores = fast.decode(context, points, boxes, multimask)
                 low_other, scores_other = fast.decode(other, points, boxes, multimask)
                 assert torch.equal(low, low_other) and torch.equal(scores, scores_other)
+
 
 @pytest.mark.slow
 def test_fast_path_gives_the_plain_path_masks_on_real_slices(real_slices, tmp_path):
