@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCache", "CacheStats", "default_cache_dir"]
 
 EMBEDDING_SHAPE = (256, 64, 64)
+#: Threads writing embedding files while the encoder runs (each file is synced to disk).
+WRITER_THREADS = 4
 
 
 def default_cache_dir() -> Path:
@@ -92,13 +96,15 @@ class EmbeddingCache:
             return None
         return torch.from_numpy(array.astype(np.float32))[None]
 
-    def save(self, image: np.ndarray, embedding: torch.Tensor) -> None:
+    def save(self, image: np.ndarray, embedding: torch.Tensor | np.ndarray) -> None:
         """Write one (256, 64, 64) embedding atomically."""
+        if isinstance(embedding, torch.Tensor):
+            embedding = embedding.detach().cpu().numpy()
         path = self.path(image)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as handle:
-            np.save(handle, embedding.detach().cpu().numpy().astype(self.storage).reshape(EMBEDDING_SHAPE))
+            np.save(handle, embedding.astype(self.storage).reshape(EMBEDDING_SHAPE))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -119,7 +125,7 @@ class EmbeddingCache:
         batch_size = batch_size or (32 if self.model.device.type == "cuda" else 4)
         self._sweep_stale_tmp()
         damaged_before = self.damaged
-        missing = []
+        missing: dict[Path, np.ndarray] = {}  # an image that occurs twice is encoded once
         for image in images:
             path = self.path(image)
             if path.exists():
@@ -127,16 +133,23 @@ class EmbeddingCache:
                     continue
                 self.damaged += 1
                 path.unlink(missing_ok=True)
-            missing.append(image)
-        stats = CacheStats(cached=len(images) - len(missing), computed=len(missing),
-                           damaged=self.damaged - damaged_before)
-        with tqdm(total=len(missing), desc="encoding images", unit="image", disable=not progress or not missing) as bar:
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start:start + batch_size]
-                embeddings = self.model.encode(chunk)
-                for image, embedding in zip(chunk, embeddings):
-                    self.save(image, embedding)
+            missing.setdefault(path, image)
+        todo = list(missing.values())
+        stats = CacheStats(cached=len(images) - len(todo), computed=len(todo), damaged=self.damaged - damaged_before)
+        # Files are written (and synced) by a few threads while the next batch is encoded: on a GPU
+        # the writes, not the encoder, would otherwise set the pace. At most one batch waits.
+        with tqdm(total=len(todo), desc="encoding images", unit="image", disable=not progress or not todo) as bar, \
+                ThreadPoolExecutor(WRITER_THREADS) as writers:
+            pending: list = []
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                embeddings = self.model.encode(chunk).cpu().numpy()
+                for done in pending:
+                    done.result()
+                pending = [writers.submit(self.save, image, embedding) for image, embedding in zip(chunk, embeddings)]
                 bar.update(len(chunk))
+            for done in pending:
+                done.result()
         return stats
 
     def get(self, image: np.ndarray) -> torch.Tensor:

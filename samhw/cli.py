@@ -31,7 +31,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int,
                         help="prompts of one slice decoded together (default: 1 on CPU, 64 on CUDA)")
     parser.add_argument("--workers", type=_positive_int,
-                        help="processes sharing the slices on the CPU, one thread each (default: one per core, up to 8)")
+                        help="processes sharing the slices, one thread each (default: one per core, up to 8, "
+                             "on the CPU; one on a GPU)")
     parser.add_argument("--plain", action="store_true",
                         help="reference eager PyTorch path (no ONNX encoder, no fast decoder): slower, same masks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

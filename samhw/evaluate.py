@@ -101,7 +101,11 @@ def default_batch_size(model: SamModel) -> int:
 
 
 def default_workers(model: SamModel) -> int:
-    """Processes sharing the slices: one per CPU core (up to 8) on the CPU, one on a GPU."""
+    """Processes sharing the slices: one per CPU core (up to 8) on the CPU, one on a GPU.
+
+    On an H200, 8 workers sharing the GPU made the full study no faster (README "Speed"): each
+    pool's start-up (CUDA and the model in every worker) costs about what the workers save.
+    """
     return min(os.cpu_count() or 1, 8) if model.device.type == "cpu" else 1
 
 
@@ -111,23 +115,26 @@ def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Se
     """Yield the rows of each slice in turn (slices in ``done`` are passed over).
 
     With ``workers`` > 1 (the default on a multi-core CPU) slices are spread over that many
-    processes, each encoding (through the shared cache) and decoding its slices with one thread.
+    processes, each decoding its slices (on the CPU with one thread). On the CPU each worker also
+    encodes its slices through the shared cache; on a GPU the images are encoded first, in batches.
     """
     pairs = plan(specs, seeds)
     batch_size = batch_size or default_batch_size(model)
     workers = workers or default_workers(model)
     todo = [s for s in dataset.slices if s.slice_id not in done]
     bar = dict(desc=f"prompting {dataset.split}", unit="slice", disable=not progress)
-    if workers <= 1 or len(todo) <= 1 or model.device.type != "cpu":
+    on_cpu = model.device.type == "cpu"
+    if workers <= 1 or len(todo) <= 1 or not on_cpu:
         stats = cache.ensure([s.image for s in todo], progress=progress)
         tqdm.write(f"{stats} (cache: {cache.folder})", file=sys.stderr)
+    if workers <= 1 or len(todo) <= 1:
         for item in tqdm(todo, **bar):
             yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
         return
     model.export_encoder()  # once, before the workers look for it
     names = [(spec.name, seed) for spec, seed in pairs]
-    setup = (model.name, model.checkpoint, model.plain, str(model.onnx_dir), str(cache.root), cache.storage.name,
-             model.fingerprint())
+    setup = (model.name, model.checkpoint, str(model.device), model.plain, str(model.onnx_dir), str(cache.root),
+             cache.storage.name, model.fingerprint())
     computed = 0
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_setup,
@@ -136,18 +143,19 @@ def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Se
         for rows, encoded in tqdm(pool.map(_worker_slice, tasks), total=len(todo), **bar):
             computed += encoded
             yield rows
-    tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {min(workers, len(todo))} workers "
-               f"(cache: {cache.folder})", file=sys.stderr)
+    if on_cpu:
+        tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {min(workers, len(todo))} "
+                   f"workers (cache: {cache.folder})", file=sys.stderr)
 
 
 _WORKER: dict = {}
 
 
-def _worker_setup(name, checkpoint, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
+def _worker_setup(name, checkpoint, device, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
     torch.set_num_threads(1)
     from .models import load_model
 
-    model = load_model(name, checkpoint, "cpu", plain=plain)
+    model = load_model(name, checkpoint, device, plain=plain)
     model.onnx_dir = Path(onnx_dir)
     if model.fingerprint() != fingerprint:
         raise RuntimeError(f"a worker loaded different weights for {name} from {checkpoint}; evaluate in-process "

@@ -169,9 +169,18 @@ class SamModel(nn.Module):
         return self._encoder_key
 
     def autocast(self):
-        """bf16 autocast on CUDA unless ``plain``; nothing elsewhere (CPU results stay fp32)."""
+        """bf16 autocast on CUDA unless ``plain``; nothing elsewhere (CPU results stay fp32).
+
+        Used by the image encoder and by training. Inference through the decoder stays fp32 on
+        every device (:meth:`predict_masks`): there it is bound by kernel launches, not arithmetic,
+        and bf16 only added casts and error (benchmarks/decoder_precision.py).
+        """
         if self.device.type == "cuda" and not self.plain:
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        return self.fp32()
+
+    def fp32(self):
+        """No autocast, even inside an enclosing autocast region."""
         return torch.autocast(self.device.type, enabled=False)
 
     @property
@@ -296,7 +305,7 @@ class SamModel(nn.Module):
         embedding = embedding.to(self.device)
         if self.plain:
             return embedding
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.fp32():
             return self.fast_decoder.prepare(embedding)
 
     def predict_masks(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
@@ -308,7 +317,7 @@ class SamModel(nn.Module):
         """
         if isinstance(context, torch.Tensor) and not self.plain:
             context = self.image_context(context)
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.fp32():
             points, boxes = self.prompt_tensors(prompts, shape)
             if self.plain:
                 low_res, scores = self.decode(context, points, boxes, multimask)

@@ -26,6 +26,17 @@ def test_encode_once_then_reuse(lite_model, images, tmp_path):
     assert len(list(cache.folder.glob("*/*.npy"))) == 2 and not list(cache.folder.glob("*/*.tmp"))
 
 
+def test_repeated_images_are_encoded_once_and_every_batch_is_written(lite_model, images, tmp_path, monkeypatch):
+    encoded = []
+    encode = lite_model.encode
+    monkeypatch.setattr(lite_model, "encode", lambda batch: encoded.append(len(batch)) or encode(batch))
+    cache = EmbeddingCache(lite_model, tmp_path)
+    stats = cache.ensure([images[0], images[1], images[0], images[1], images[0]], batch_size=1, progress=False)
+    assert (stats.cached, stats.computed) == (3, 2) and encoded == [1, 1]
+    assert all(cache.load(image) is not None for image in images)
+    assert len(list(cache.folder.glob("*/*.npy"))) == 2 and not list(cache.folder.glob("*/*.tmp"))
+
+
 def test_changed_encoder_weights_never_reuse_old_embeddings(lite_model, images, tmp_path):
     cache = EmbeddingCache(lite_model, tmp_path)
     cache.ensure(images[:1], progress=False)

@@ -70,6 +70,21 @@ def test_image_tokens_are_stored_token_major_and_the_layout_changes_no_bit():
                 assert torch.equal(low, low_other) and torch.equal(scores, scores_other)
 
 
+@pytest.mark.parametrize("plain", [False, True])
+def test_decoding_stays_fp32_inside_an_autocast_region(plain):
+    """Inference decodes in fp32 on every device (bf16 is for the encoder and training), also when
+    called from inside an autocast region: the bits are those of a call outside it."""
+    torch.manual_seed(3)
+    model = build_model("litemedsam")
+    model.plain = plain
+    embedding = torch.randn(1, 256, 64, 64)
+    prompts = [Prompt(np.array([[60.0, 70.0]]), np.array([1]), np.array([20.0, 50.0, 100.0, 140.0]))] * 2
+    masks, scores = model.predict_masks(embedding, prompts, (256, 256), True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masks_ac, scores_ac = model.predict_masks(embedding, prompts, (256, 256), True)
+    assert scores.dtype == torch.float32 and torch.equal(scores, scores_ac) and torch.equal(masks, masks_ac)
+
+
 @pytest.mark.slow
 def test_fast_path_gives_the_plain_path_masks_on_real_slices(real_slices, tmp_path):
     plain = load_model("litemedsam", device="cpu", plain=True, cache_dir=tmp_path)
