@@ -180,9 +180,11 @@ def _trainable(model: SamModel, config: FinetuneConfig) -> list[torch.nn.Paramet
 def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every mask of one prompt, differentiably: logits (K, H, W) on the slice of ``shape`` and
-    predicted IoU (K,), from an embedding (C, h, w). SAM's decoder on the plain path, else the fast one."""
+    predicted IoU (K,), from an embedding (C, h, w). SAM's decoder on the plain path and on CUDA, else the
+    fast one: on a GPU its per-image rearranging costs more kernel launches than it saves (a decoder-only
+    step of batch 8 on an H200: 225 ms against SAM's 151, results/bench/cuda-nvidia-h200.md)."""
     points, boxes = model.prompt_tensors([prompt], shape)
-    if model.plain:
+    if model.plain or model.device.type == "cuda":
         low, scores = model.decode(embedding[None], points, boxes, multimask)
     else:
         low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding[None]), points, boxes, multimask)
