@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,13 +95,11 @@ class EmbeddingCache:
             return None
         return torch.from_numpy(array.astype(np.float32))[None]
 
-    def save(self, image: np.ndarray, embedding: torch.Tensor | np.ndarray) -> None:
+    def save(self, image: np.ndarray, embedding: np.ndarray) -> None:
         """Write one (256, 64, 64) embedding atomically."""
-        if isinstance(embedding, torch.Tensor):
-            embedding = embedding.detach().cpu().numpy()
         path = self.path(image)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             np.save(handle, embedding.astype(self.storage).reshape(EMBEDDING_SHAPE))
             handle.flush()
