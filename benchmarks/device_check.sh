@@ -5,7 +5,8 @@
 #   gather (carry .carry/lgg_test .carry/ft)      gather the test split; rebuild the fine-tuned checkpoint
 #   gather (carry .carry/lgg_train1)              gather the first half of the train split
 #   study  (carry .carry/lgg_train2)              the full study (test + train, 5 seeds, pretrained and
-#                                                 fine-tuned), from a cold cache and again warm, timed
+#                                                 fine-tuned), from a cold cache, again warm, and warm
+#                                                 in one process (--workers 1), timed; rows compared
 #   bench  (nothing more to carry)                the benchmark on 32 test slices; bf16 vs fp32 decoder
 #   finetune (after setup and the train gathers)  fine-tune with the image encoder unfrozen (bf16 autocast),
 #                                                 then the test split against the pretrained model (issue 3)
@@ -13,9 +14,10 @@
 # .carry/wheels. Slices travel in .carry/lgg_<part>/kaggle_3m; the fine-tuned checkpoint travels as
 # its trained parts (.carry/ft/trained_parts.pt: prompt encoder and decoder, the image encoder being
 # the bundled one) and is rebuilt there. `benchmarks/prepare_device_carry.py` makes .carry/.
-# Outputs go to $OUT (at most 8 files come back).
+# Several stages can share a call (`device_check.sh bench finetune`). Outputs go to $OUT (at most 8
+# files come back).
 set -uo pipefail
-stage=${1:-setup}
+stages=("${@:-setup}")
 data=/root/lgg/kaggle_3m
 mkdir -p "$data" /root/site
 for part in .carry/lgg_*/kaggle_3m; do [ -d "$part" ] && cp -rn "$part"/. "$data"/; done
@@ -23,15 +25,16 @@ if [ ! -f /root/site/.installed ] && ls .carry/wheels/*.whl >/dev/null 2>&1; the
   python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/wheels/*.whl && touch /root/site/.installed
 fi
 export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 SAMHW_CACHE=/root/cache MPLBACKEND=Agg
-log="$OUT/log_$stage.txt"
+log="$OUT/log_$(IFS=_; echo "${stages[*]}").txt"
 if [ -f .carry/ft/trained_parts.pt ] && [ ! -f /root/ft/best.pt ]; then
   python3 benchmarks/prepare_device_carry.py --rebuild .carry/ft/trained_parts.pt /root/ft/best.pt 2>&1 | tee -a "$log"
 fi
-echo "stage $stage: $(ls "$data" | grep -c TCGA) patient folders, $(find "$data" -name '*_mask.tif' | wc -l) slices" | tee -a "$log"
+echo "stages ${stages[*]}: $(ls "$data" | grep -c TCGA) patient folders, $(find "$data" -name '*_mask.tif' | wc -l) slices" | tee -a "$log"
 timed() {  # timed LABEL COMMAND...: run, then write the wall time in ms to $OUT/times.txt
   local label=$1 start; shift; start=$(date +%s%N)
   "$@"; echo "$label wall: $(( ($(date +%s%N) - start) / 1000000 )) ms" >> "$OUT/times.txt"
 }
+for stage in "${stages[@]}"; do
 case "$stage" in
 setup)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
@@ -58,6 +61,19 @@ study)
                   --finetuned /root/ft/best.pt --cache /root/cache-study "$@"; }
   timed "full study (test + train, 5 seeds, both models, cold cache)" run_study --out /root/study 2>&1 | tail -45 | tee -a "$log"
   timed "same study again (warm cache)" run_study --out /root/study2 2>&1 | tail -3 | tee -a "$log"
+  timed "same study again (warm cache, --workers 1: everything in one process)" run_study --out /root/study3 --workers 1 \
+    2>&1 | tail -3 | tee -a "$log"
+  python3 - <<'PY' 2>&1 | tee -a "$log"
+import json, pandas as pd
+for model in ("study", "study-finetuned"):
+    print(model, {s: json.load(open(f"/root/{model}/rows_{s}.json"))["elapsed_s"] for s in ("test", "train")},
+          "total", json.load(open(f"/root/{model}/summary.json"))["elapsed_s"])
+    for split in ("test", "train"):
+        a, b = (pd.read_csv(f"/root/{run}/rows_{split}.csv", dtype=str, keep_default_na=False)
+                for run in (model, model.replace("study", "study3")))
+        print(f"  {split}: rows drawn by workers (cold) vs in one process (warm): {len(a)} rows, identical "
+              f"{(a == b).all(axis=1).mean():.4%}, max |IoU diff| {(a.iou.astype(float) - b.iou.astype(float)).abs().max():.2e}")
+PY
   cp /root/study/summary.json "$OUT/study_cuda_summary.json"
   cp /root/study-finetuned/summary.json "$OUT/study_cuda_finetuned_summary.json"
   cp /root/study-finetuned/comparison.md "$OUT/study_cuda_comparison.md"
@@ -73,4 +89,5 @@ finetune)
   ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
+done
 cat "$OUT/times.txt" 2>/dev/null; exit 0

@@ -328,7 +328,8 @@ def format_bench(r: dict) -> str:
     on_gpu = r["device"].startswith("cuda")
     memory_kind = "GPU memory allocated by the main process" if on_gpu else "this process and its workers, PSS"
     startup = "the" if on_gpu else "the workers'"
-    study_kind = ("The study runs in one process, 64 prompts of a slice decoded together" if on_gpu else
+    study_kind = ("The study decodes in the main process, 64 prompts of a slice together, while worker processes "
+                  "draw the prompts" if on_gpu else
                   "The study runs one worker process per core, one thread each")
     lines = [
         f"# Benchmark: {r['model']} on {r['device']} ({where})",

@@ -55,9 +55,12 @@ class CacheStats:
     cached: int = 0
     computed: int = 0
     damaged: int = 0  # files that failed to load and were recomputed
+    seconds: float | None = None  # spent computing and writing
 
     def __str__(self) -> str:
         text = f"embeddings: {self.cached} reused from the cache, {self.computed} computed"
+        if self.computed and self.seconds is not None:
+            text += f" in {self.seconds:.1f} s"
         return text + (f", {self.damaged} damaged cache files recomputed" if self.damaged else "")
 
 
@@ -132,6 +135,7 @@ class EmbeddingCache:
                 path.unlink(missing_ok=True)
             missing.setdefault(path, image)
         todo = list(missing.values())
+        started = time.perf_counter()
         stats = CacheStats(cached=len(images) - len(todo), computed=len(todo), damaged=self.damaged - damaged_before)
         # Files are written (and synced) by a few threads while the next batch is encoded: on a GPU
         # the writes, not the encoder, would otherwise set the pace. At most one batch waits.
@@ -147,6 +151,7 @@ class EmbeddingCache:
                 bar.update(len(chunk))
             for done in pending:
                 done.result()
+        stats.seconds = time.perf_counter() - started
         return stats
 
     def get(self, image: np.ndarray) -> torch.Tensor:

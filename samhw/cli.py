@@ -31,8 +31,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int,
                         help="prompts of one slice decoded together (default: 1 on CPU, 64 on CUDA)")
     parser.add_argument("--workers", type=_positive_int,
-                        help="processes sharing the slices, one thread each (default: one per core, up to 8, "
-                             "on the CPU; one on a GPU)")
+                        help="worker processes (default: on the CPU one per core, up to 8, each evaluating whole "
+                             "slices with one thread; on a GPU up to 4, drawing prompts while the main process "
+                             "decodes); 1 does everything in one process")
     parser.add_argument("--plain", action="store_true",
                         help="reference eager PyTorch path (no ONNX encoder, no fast decoder): slower, same masks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -68,7 +69,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     common = dict(data=args.data, splits=args.splits, model_name=args.model, seeds=args.seeds, device=args.device,
                   cache_dir=args.cache, skip_bad=args.skip_bad, limit=args.limit, batch_size=args.batch_size,
                   progress=not args.quiet, experiments=args.experiments, plain=args.plain, workers=args.workers,
-                  command="python -m samhw " + " ".join(args.argv))
+                  command="python -m samhw " + " ".join(args.argv), datasets={})
     run_study(out, checkpoint=args.checkpoint, reuse=args.reuse or bool(args.finetuned), **common)
     dirs = [out]
     tuned = Path(f"{out}-finetuned")

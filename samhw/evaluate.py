@@ -10,9 +10,10 @@ import json
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,11 @@ from .cache import CacheStats, EmbeddingCache
 from .data import Dataset, Slice
 from .metrics import mean_interval, scores_from_counts
 from .models import SamModel, single_thread
-from .prompts import Prompt, PromptSpec, Target
+from .prompts import Prompt, PromptSpec, Target, draw_named
 
-__all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
+__all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "score_prompts", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
+
+T = TypeVar("T")
 
 #: Decimals kept of IoU and Dice in the rows: rounding moves any mean by less than 5e-9, far below
 #: the tables' 3 decimals, and keeps the committed CSVs small. The predicted IoU (a float32) keeps 7.
@@ -51,48 +54,54 @@ def _format_box(prompt: Prompt) -> str:
 
 def evaluate_slice(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
                    split: str = "", batch_size: int = 1) -> list[dict]:
-    """Rows for one slice: draw each (prompt, seed), decode in batches of equal structure, score.
-
-    Overlaps are counted on the model's device; only the counts come back. On the CPU the slice is
-    computed with one thread (:func:`samhw.models.single_thread`), so rows do not depend on the
-    number of cores or workers.
-    """
+    """Rows for one slice: draw each (prompt, seed), then :func:`score_prompts`."""
     target = Target(item.mask, item.image, item.slice_id)
-    drawn = [(spec, seed, spec.draw(target, seed)) for spec, seed in pairs]
+    return score_prompts(model, embedding, item, pairs, [spec.draw(target, seed) for spec, seed in pairs],
+                         split, batch_size)
+
+
+def score_prompts(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
+                  prompts: Sequence[Prompt], split: str = "", batch_size: int = 1) -> list[dict]:
+    """Rows for one slice from its drawn ``prompts`` (one per pair): decode them in batches of
+    equal structure and score.
+
+    Overlaps are counted on the model's device and only the counts come back, once per slice. On
+    the CPU the slice is computed with one thread (:func:`samhw.models.single_thread`), so rows do
+    not depend on the number of cores or workers.
+    """
     groups: dict[tuple, list[int]] = {}
-    for i, (spec, _, prompt) in enumerate(drawn):
+    for i, ((spec, _), prompt) in enumerate(zip(pairs, prompts, strict=True)):
         groups.setdefault((prompt.structure, spec.multimask), []).append(i)
     with single_thread(model.device):
-        return _score_slice(model, embedding, item, drawn, groups, split, batch_size)
-
-
-def _score_slice(model: SamModel, embedding, item: Slice, drawn: list, groups: dict, split: str,
-                 batch_size: int) -> list[dict]:
-    context = model.image_context(embedding)
-    truth = torch.from_numpy(item.mask).to(model.device)
-    counts = np.zeros((len(drawn), 2), dtype=np.int64)  # intersection with the truth, predicted area
-    scores = np.zeros(len(drawn))
-    for (_, multimask), idx in groups.items():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
-            masks, predicted = model.predict_masks(context, [drawn[i][2] for i in chunk], item.mask.shape, multimask)
-            inter = (masks & truth).flatten(1).sum(1)
-            area = masks.flatten(1).sum(1)
-            counts[chunk, 0] = inter.cpu().numpy()
-            counts[chunk, 1] = area.cpu().numpy()
-            scores[chunk] = predicted.cpu().numpy()
+        counts, scores = _count_overlaps(model, embedding, item, prompts, groups, batch_size)
     area_true = int(item.mask.sum())
     rows = []
-    for i, (spec, seed, prompt) in enumerate(drawn):
-        inter, area_pred = int(counts[i, 0]), int(counts[i, 1])
+    for (spec, seed), prompt, (inter, area_pred), score in zip(pairs, prompts, counts.tolist(), scores.tolist()):
         iou, dice = scores_from_counts(inter, area_pred, area_true)
         rows.append({
             "split": split, "patient": item.patient, "slice": item.slice_id, "prompt": spec.name, "seed": seed,
-            "iou": round(iou, IOU_DECIMALS), "dice": round(dice, IOU_DECIMALS), "pred_iou": round(float(scores[i]), 7),
+            "iou": round(iou, IOU_DECIMALS), "dice": round(dice, IOU_DECIMALS), "pred_iou": round(score, 7),
             "off_target": prompt.off_target, "area_true": area_true,
             "area_pred": area_pred, "points": _format_points(prompt), "box": _format_box(prompt),
         })
     return rows
+
+
+def _count_overlaps(model: SamModel, embedding, item: Slice, prompts: Sequence[Prompt], groups: dict,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection with the truth, predicted area) per prompt, int64 (N, 2), and the predicted IoU (N,)."""
+    context = model.image_context(embedding)
+    truth = torch.from_numpy(item.mask).to(model.device)
+    order, counts, scores = [], [], []
+    for (_, multimask), idx in groups.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            masks, predicted = model.predict_masks(context, [prompts[i] for i in chunk], item.mask.shape, multimask)
+            counts.append(torch.stack([(masks & truth).flatten(1).sum(1), masks.flatten(1).sum(1)], 1))
+            scores.append(predicted)
+            order.extend(chunk)
+    by_prompt = np.argsort(order)
+    return torch.cat(counts).cpu().numpy()[by_prompt], torch.cat(scores).cpu().numpy()[by_prompt]
 
 
 def default_batch_size(model: SamModel) -> int:
@@ -101,12 +110,14 @@ def default_batch_size(model: SamModel) -> int:
 
 
 def default_workers(model: SamModel) -> int:
-    """Processes sharing the slices: one per CPU core (up to 8) on the CPU, one on a GPU.
+    """Worker processes: on the CPU one per core (up to 8), each evaluating whole slices; on a GPU
+    up to 4, leaving a core to the main process, that draw prompts while the main process decodes.
 
-    On an H200, 8 workers sharing the GPU made the full study no faster (README "Speed"): each
-    pool's start-up (CUDA and the model in every worker) costs about what the workers save.
+    Whole-slice workers on one GPU measured no faster on an H200 (README "Speed"): each initialises
+    CUDA and loads the model, and their kernels take turns on the device.
     """
-    return min(os.cpu_count() or 1, 8) if model.device.type == "cpu" else 1
+    cores = os.cpu_count() or 1
+    return min(cores, 8) if model.device.type == "cpu" else min(max(cores - 1, 1), 4)
 
 
 def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Sequence[PromptSpec],
@@ -114,14 +125,15 @@ def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Se
              done: set[str] | frozenset[str] = frozenset(), workers: int | None = None) -> Iterator[list[dict]]:
     """Yield the rows of each slice in turn (slices in ``done`` are passed over).
 
-    With ``workers`` > 1 (the default on a multi-core CPU) slices are spread over that many
-    processes, each decoding its slices (on the CPU with one thread). On the CPU each worker also
-    encodes its slices through the shared cache; on a GPU the images are encoded first, in batches.
+    With ``workers`` > 1 (the default on a machine of several cores): on the CPU, slices are
+    spread over that many processes, each encoding (through the shared cache) and decoding its
+    slices with one thread; on a GPU the images are encoded first, in batches, then that many
+    processes draw the prompts while this one decodes. Rows are the same either way.
     """
     pairs = plan(specs, seeds)
     batch_size = batch_size or default_batch_size(model)
-    workers = workers or default_workers(model)
     todo = [s for s in dataset.slices if s.slice_id not in done]
+    workers = min(workers or default_workers(model), len(todo))
     bar = dict(desc=f"prompting {dataset.split}", unit="slice", disable=not progress)
     on_cpu = model.device.type == "cpu"
     if workers <= 1 or len(todo) <= 1 or not on_cpu:
@@ -130,22 +142,52 @@ def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Se
     if workers <= 1 or len(todo) <= 1:
         for item in tqdm(todo, **bar):
             yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
-        return
+    elif on_cpu:
+        yield from _slices_in_workers(model, cache, todo, pairs, dataset.split, batch_size, workers, bar)
+    else:
+        yield from _prompts_in_workers(model, cache, todo, pairs, dataset.split, batch_size, workers, bar)
+
+
+def _in_order(submit: Callable[[T], Future], items: Sequence[T], ahead: int) -> Iterator:
+    """The results of ``submit(item)`` for each item, in order, with at most ``ahead`` submitted early."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _prompts_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice], pairs: list, split: str,
+                        batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
+    """Prompts drawn by ``workers`` CPU processes (numpy only) and embeddings read by a thread while
+    this process decodes: on a GPU decoding a slice takes milliseconds, so drawing would set the pace."""
+    names = [(spec.name, seed) for spec, seed in pairs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as drawers, \
+            ThreadPoolExecutor(1) as reader:
+        drawn = _in_order(lambda s: drawers.submit(draw_named, s.mask, s.image, s.slice_id, names), todo, 4 * workers)
+        embeddings = _in_order(lambda s: reader.submit(lambda: cache.get(s.image).to(model.device)), todo, 2)
+        for item, prompts, embedding in tqdm(zip(todo, drawn, embeddings), total=len(todo), **bar):
+            yield score_prompts(model, embedding, item, pairs, prompts, split, batch_size)
+
+
+def _slices_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice], pairs: list, split: str,
+                       batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
+    """Whole slices (encode if not cached, draw, decode) in ``workers`` processes of one thread (the CPU path)."""
     model.export_encoder()  # once, before the workers look for it
     names = [(spec.name, seed) for spec, seed in pairs]
     setup = (model.name, model.checkpoint, str(model.device), model.plain, str(model.onnx_dir), str(cache.root),
              cache.storage.name, model.fingerprint())
     computed = 0
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_setup,
-                             initargs=setup) as pool:
-        tasks = ((item, names, dataset.split, batch_size) for item in todo)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=setup) as pool:
+        tasks = ((item, names, split, batch_size) for item in todo)
         for rows, encoded in tqdm(pool.map(_worker_slice, tasks), total=len(todo), **bar):
             computed += encoded
             yield rows
-    if on_cpu:
-        tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {min(workers, len(todo))} "
-                   f"workers (cache: {cache.folder})", file=sys.stderr)
+    tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {workers} "
+               f"workers (cache: {cache.folder})", file=sys.stderr)
 
 
 _WORKER: dict = {}

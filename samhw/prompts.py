@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Callable, Mapping
+from functools import cached_property, lru_cache
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,7 @@ __all__ = [
     "normalize_log_weights",
     "prompt_rng",
     "parse_prompts",
+    "draw_named",
 ]
 
 #: Default strategy parameters: sigma (px) of the Gaussian strategies (report: sigma^2 = 1e4),
@@ -57,6 +58,7 @@ class PromptError(ValueError):
     """A prompt name or parameter that does not make sense (unknown strategy, sigma <= 0, ...)."""
 
 
+@lru_cache(maxsize=4096)
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
@@ -514,3 +516,18 @@ def parse_prompts(texts: list[str] | tuple[str, ...]) -> list[PromptSpec]:
     if dupes:
         raise PromptError(f"prompt given twice: {', '.join(dupes)}")
     return specs
+
+
+@lru_cache(maxsize=256)
+def _parsed(name: str) -> PromptSpec:
+    return PromptSpec.parse(name)
+
+
+def draw_named(mask: np.ndarray, image: np.ndarray | None, slice_id: str,
+               pairs: Sequence[tuple[str, int]]) -> list[Prompt]:
+    """Draw each (prompt name, seed) of ``pairs`` on one slice, in order.
+
+    Names and arrays in, prompts out: the unit of work a process pool can take without torch.
+    """
+    target = Target(mask, image, slice_id)
+    return [_parsed(name).draw(target, seed) for name, seed in pairs]

@@ -135,13 +135,16 @@ def run_study(
     plain: bool = False,
     workers: int | None = None,
     reuse: bool = False,
+    datasets: dict[str, Dataset] | None = None,
 ) -> pd.DataFrame:
     """Run the study on ``splits`` and write its results under ``out``; returns the summary.
 
     A results folder accumulates splits: splits evaluated there earlier with the same model,
     prompts and seeds (``rows_<split>.csv`` with its ``rows_<split>.json``) are summarised too.
     With ``reuse``, a split whose rows were made with exactly this configuration (model weights,
-    data, slices, prompts, seeds) is not evaluated again.
+    data, slices, prompts, seeds) is not evaluated again. ``datasets`` (split -> :class:`Dataset`)
+    holds splits already read and receives those read here, so that a second model's study reads
+    no file again.
     """
     from . import plots
 
@@ -155,8 +158,13 @@ def run_study(
     seed_list = list(range(seeds))
     records: dict[str, dict] = {}
     for split in splits:
-        dataset = load_dataset(data, split, skip_bad=skip_bad, limit=limit)
-        tqdm.write(dataset.report(), file=sys.stderr)
+        if datasets is not None and split in datasets:
+            dataset = datasets[split]
+        else:
+            dataset = load_dataset(data, split, skip_bad=skip_bad, limit=limit)
+            tqdm.write(dataset.report(), file=sys.stderr)
+            if datasets is not None:
+                datasets[split] = dataset
         config = run_config(model, dataset, specs, seed_list)
         if split == splits[0]:
             gallery_from = dataset

@@ -84,3 +84,33 @@ def test_changed_config_starts_over(lite_model, real_slices, cache_dir, tmp_path
     rows = evaluate_to_csv(out, {"this": 1}, lite_model, cache, real_slices, specs, [0], progress=False)
     assert len(rows) == len(real_slices) and "stale" not in set(rows["split"])
     assert np.all(rows["iou"] > 0)
+
+
+@pytest.mark.slow
+def test_prompts_drawn_in_worker_processes_give_the_same_rows(lite_model, real_slices, cache_dir):
+    # The GPU path (processes draw, this one decodes), run here on the CPU model.
+    specs = parse_prompts(["box:10", "random_bilateral", "center_gaussian+background", "box:20+center_gaussian"])
+    pairs = plan(specs, [0, 1])
+    cache = EmbeddingCache(lite_model, cache_dir)
+    todo = list(real_slices.slices)
+    cache.ensure([s.image for s in todo], progress=False)
+    in_process = [ev.evaluate_slice(lite_model, cache.get(s.image), s, pairs, "test", 3) for s in todo]
+    drawn_apart = list(ev._prompts_in_workers(lite_model, cache, todo, pairs, "test", 3, 2, {"disable": True}))
+    assert drawn_apart == in_process
+    assert [r["slice"] for rows in drawn_apart for r in rows[:1]] == [s.slice_id for s in todo]
+
+
+def test_in_order_keeps_order_and_bounds_the_lookahead():
+    from concurrent.futures import Future
+
+    submitted = []
+
+    def submit(item):
+        submitted.append(item)
+        future = Future()
+        future.set_result(item * 10)
+        return future
+
+    results = ev._in_order(submit, range(6), ahead=2)
+    assert next(results) == 0 and submitted == [0, 1, 2]
+    assert list(results) == [10, 20, 30, 40, 50] and submitted == list(range(6))
