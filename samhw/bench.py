@@ -91,10 +91,9 @@ def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: t
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with model.autocast():
-            losses = [prompt_loss(*training_forward(model, embedding, prompt, shape, False), truth, False, 1.0)[0]
-                      for embedding, prompt, truth in zip(embeddings, prompts, truths)]
-            torch.stack(losses).mean().backward()
+        losses = [prompt_loss(*training_forward(model, embedding, prompt, shape, False), truth, False, 1.0)[0]
+                  for embedding, prompt, truth in zip(embeddings, prompts, truths)]
+        torch.stack(losses).mean().backward()
         optimizer.step()
 
     model.mask_decoder.train()

@@ -171,9 +171,10 @@ class SamModel(nn.Module):
     def autocast(self):
         """bf16 autocast on CUDA unless ``plain``; nothing elsewhere (CPU results stay fp32).
 
-        Used by the image encoder and by training. Inference through the decoder stays fp32 on
-        every device (:meth:`predict_masks`): there it is bound by kernel launches, not arithmetic,
-        and bf16 only added casts and error (benchmarks/decoder_precision.py).
+        Used by the image encoder, in inference and in fine-tuning. The decoder stays fp32 on every
+        device, in inference (:meth:`predict_masks`) and in training (``samhw.train``): it is bound by
+        kernel launches, not arithmetic, and bf16 only added casts and error
+        (benchmarks/decoder_precision.py, results/bench/cuda-nvidia-h200.md).
         """
         if self.device.type == "cuda" and not self.plain:
             return torch.autocast("cuda", dtype=torch.bfloat16)

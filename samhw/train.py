@@ -182,33 +182,40 @@ def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, s
     """Every mask of one prompt, differentiably: logits (K, H, W) on the slice of ``shape`` and
     predicted IoU (K,), from an embedding (C, h, w). SAM's decoder on the plain path and on CUDA, else the
     fast one: on a GPU its per-image rearranging costs more kernel launches than it saves (a decoder-only
-    step of batch 8 on an H200: 225 ms against SAM's 151, results/bench/cuda-nvidia-h200.md)."""
-    points, boxes = model.prompt_tensors([prompt], shape)
-    if model.plain or model.device.type == "cuda":
-        low, scores = model.decode(embedding[None], points, boxes, multimask)
-    else:
-        low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding[None]), points, boxes, multimask)
-    return model.postprocess(low.float(), shape)[0], scores[0]
+    step of batch 8 on an H200: 225 ms against SAM's 151, results/gpu-h200/run1_bench_cuda.md)."""
+    with model.fp32():  # also inside an autocast region: see _batch_loss
+        points, boxes = model.prompt_tensors([prompt], shape)
+        embedding = embedding[None].float()
+        if model.plain or model.device.type == "cuda":
+            low, scores = model.decode(embedding, points, boxes, multimask)
+        else:
+            low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding), points, boxes, multimask)
+        return model.postprocess(low, shape)[0], scores[0]
 
 
 def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
                 epoch: int) -> tuple[torch.Tensor, float, float]:
-    """Mean loss over a batch (one prompt per slice); the decoder runs slice by slice."""
+    """Mean loss over a batch (one prompt per slice); the decoder runs slice by slice.
+
+    A trained image encoder runs under :meth:`SamModel.autocast` (bf16 on CUDA); the decoder and the
+    loss run in fp32 everywhere: on an H200 a decoder-only step of batch 8 took 221 ms under bf16
+    autocast against 138 ms in fp32 (results/bench/cuda-nvidia-h200.md), its small kernels being
+    bound by their launches, which the casts only add to.
+    """
     if "image_encoder" in config.parts:
         with model.autocast():
             embeddings = model.image_encoder(model.preprocess([s.image for s in batch]))
     else:
         embeddings = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
     totals, masks, ious = [], 0.0, 0.0
-    with model.autocast():
-        for item, embedding in zip(batch, embeddings):
-            spec, prompt = training_prompt(config, item, epoch)
-            logits, scores = training_forward(model, embedding, prompt, item.mask.shape, spec.multimask)
-            truth = torch.from_numpy(item.mask).to(model.device)
-            total, mask_loss, iou_loss = prompt_loss(logits, scores, truth, spec.multimask, config.iou_loss_weight)
-            totals.append(total)
-            masks += float(mask_loss)
-            ious += float(iou_loss)
+    for item, embedding in zip(batch, embeddings):
+        spec, prompt = training_prompt(config, item, epoch)
+        logits, scores = training_forward(model, embedding, prompt, item.mask.shape, spec.multimask)
+        truth = torch.from_numpy(item.mask).to(model.device)
+        total, mask_loss, iou_loss = prompt_loss(logits, scores, truth, spec.multimask, config.iou_loss_weight)
+        totals.append(total)
+        masks += float(mask_loss)
+        ious += float(iou_loss)
     return torch.stack(totals).mean(), masks / len(batch), ious / len(batch)
 
 

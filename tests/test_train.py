@@ -9,7 +9,7 @@ import torch
 from samhw import train
 from samhw.data import Slice, SliceRecord
 from samhw.models import ModelError, load_model
-from samhw.prompts import PromptError
+from samhw.prompts import PromptError, PromptSpec, Target
 from samhw.train import FinetuneConfig, FinetuneError, finetune, parse_mix, prompt_loss, training_prompt
 
 
@@ -140,3 +140,18 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(data_dir, 
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, cut["state_dict"][key]), key
     assert [e["loss"] for e in whole["log"]] == [e["loss"] for e in cut["log"]]
+
+
+def test_training_forward_stays_fp32_inside_an_autocast_region():
+    """The decoder trains in fp32 (a trained image encoder may run under bf16 autocast before it)."""
+    model = load_model("litemedsam", device="cpu")
+    mask = np.zeros((256, 256), bool)
+    mask[60:90, 100:150] = True
+    embedding = torch.randn(256, 64, 64, generator=torch.Generator().manual_seed(0))
+    prompt = PromptSpec.parse("box:0+center_gaussian").draw(Target(mask, slice_id="s"), 0)
+    with torch.no_grad():
+        logits, scores = train.training_forward(model, embedding, prompt, mask.shape, False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = train.training_forward(model, embedding, prompt, mask.shape, False)
+    assert inside[0].dtype == torch.float32 and logits.shape == (1, 256, 256)
+    assert torch.equal(inside[0], logits) and torch.equal(inside[1], scores)
