@@ -72,8 +72,8 @@ def test_image_tokens_are_stored_token_major_and_the_layout_changes_no_bit():
 
 @pytest.mark.parametrize("plain", [False, True])
 def test_decoding_stays_fp32_inside_an_autocast_region(plain):
-    """Inference decodes in fp32 on every device (bf16 is for the encoder and training), also when
-    called from inside an autocast region: the bits are those of a call outside it."""
+    """Inference decodes in fp32 on every device (bf16 is for fine-tuning the image encoder), also
+    when called from inside an autocast region: the bits are those of a call outside it."""
     torch.manual_seed(3)
     model = build_model("litemedsam")
     model.plain = plain
@@ -83,6 +83,19 @@ def test_decoding_stays_fp32_inside_an_autocast_region(plain):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         masks_ac, scores_ac = model.predict_masks(embedding, prompts, (256, 256), True)
     assert scores.dtype == torch.float32 and torch.equal(scores, scores_ac) and torch.equal(masks, masks_ac)
+
+
+def test_encoding_stays_fp32_inside_an_autocast_region():
+    """The torch encoder (CUDA's, and the CPU's plain path) computes in fp32 even inside autocast."""
+    torch.manual_seed(4)
+    model = build_model("litemedsam")
+    model.plain = True
+    image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    embedding = model.encode([image])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = model.encode([image])
+    assert inside.dtype == torch.float32 and torch.equal(embedding, inside)
+    assert model.encoder_backend == "torch-fp32"
 
 
 @pytest.mark.slow
