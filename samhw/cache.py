@@ -98,9 +98,8 @@ class EmbeddingCache:
             return None
         return torch.from_numpy(array.astype(np.float32))[None]
 
-    def save(self, image: np.ndarray, embedding: np.ndarray) -> None:
-        """Write one (256, 64, 64) embedding atomically."""
-        path = self.path(image)
+    def _write(self, path: Path, embedding: np.ndarray) -> None:
+        """Write one (256, 64, 64) embedding to ``path`` (:meth:`path` of its image) atomically."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
@@ -134,7 +133,7 @@ class EmbeddingCache:
                 self.damaged += 1
                 path.unlink(missing_ok=True)
             missing.setdefault(path, image)
-        todo = list(missing.values())
+        todo = list(missing.items())
         started = time.perf_counter()
         stats = CacheStats(cached=len(images) - len(todo), computed=len(todo), damaged=self.damaged - damaged_before)
         # Files are written (and synced) by a few threads while the next batch is encoded: on a GPU
@@ -143,11 +142,11 @@ class EmbeddingCache:
                 ThreadPoolExecutor(WRITER_THREADS) as writers:
             pending: list = []
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+                paths, chunk = zip(*todo[start:start + batch_size])
                 embeddings = self.model.encode(chunk).cpu().numpy()
                 for done in pending:
                     done.result()
-                pending = [writers.submit(self.save, image, embedding) for image, embedding in zip(chunk, embeddings)]
+                pending = [writers.submit(self._write, path, embedding) for path, embedding in zip(paths, embeddings)]
                 bar.update(len(chunk))
             for done in pending:
                 done.result()

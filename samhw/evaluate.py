@@ -24,7 +24,7 @@ from .cache import CacheStats, EmbeddingCache
 from .data import Dataset, Slice
 from .metrics import mean_interval, scores_from_counts
 from .models import SamModel, single_thread
-from .prompts import Prompt, PromptSpec, Target, draw_named
+from .prompts import Prompt, PromptSpec, draw_prompts
 
 __all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "score_prompts", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
 
@@ -55,9 +55,8 @@ def _format_box(prompt: Prompt) -> str:
 def evaluate_slice(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
                    split: str = "", batch_size: int = 1) -> list[dict]:
     """Rows for one slice: draw each (prompt, seed), then :func:`score_prompts`."""
-    target = Target(item.mask, item.image, item.slice_id)
-    return score_prompts(model, embedding, item, pairs, [spec.draw(target, seed) for spec, seed in pairs],
-                         split, batch_size)
+    prompts = draw_prompts(item.mask, item.image, item.slice_id, pairs)
+    return score_prompts(model, embedding, item, pairs, prompts, split, batch_size)
 
 
 def score_prompts(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple[PromptSpec, int]],
@@ -163,10 +162,9 @@ def _prompts_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice
                         batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
     """Prompts drawn by ``workers`` CPU processes (numpy only) and embeddings read by a thread while
     this process decodes: on a GPU decoding a slice takes milliseconds, so drawing would set the pace."""
-    names = [(spec.name, seed) for spec, seed in pairs]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as drawers, \
             ThreadPoolExecutor(1) as reader:
-        drawn = _in_order(lambda s: drawers.submit(draw_named, s.mask, s.image, s.slice_id, names), todo, 4 * workers)
+        drawn = _in_order(lambda s: drawers.submit(draw_prompts, s.mask, s.image, s.slice_id, pairs), todo, 4 * workers)
         embeddings = _in_order(lambda s: reader.submit(lambda: cache.get(s.image).to(model.device)), todo, 2)
         for item, prompts, embedding in tqdm(zip(todo, drawn, embeddings), total=len(todo), **bar):
             yield score_prompts(model, embedding, item, pairs, prompts, split, batch_size)
@@ -176,13 +174,12 @@ def _slices_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice]
                        batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
     """Whole slices (encode if not cached, draw, decode) in ``workers`` processes of one thread (the CPU path)."""
     model.export_encoder()  # once, before the workers look for it
-    names = [(spec.name, seed) for spec, seed in pairs]
-    setup = (model.name, model.checkpoint, str(model.device), model.plain, str(model.onnx_dir), str(cache.root),
-             cache.storage.name, model.fingerprint())
+    setup = (model.name, model.checkpoint, model.plain, str(model.onnx_dir), str(cache.root), cache.storage.name,
+             model.fingerprint())
     computed = 0
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=setup) as pool:
-        tasks = ((item, names, split, batch_size) for item in todo)
+        tasks = ((item, pairs, split, batch_size) for item in todo)
         for rows, encoded in tqdm(pool.map(_worker_slice, tasks), total=len(todo), **bar):
             computed += encoded
             yield rows
@@ -193,22 +190,21 @@ def _slices_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice]
 _WORKER: dict = {}
 
 
-def _worker_setup(name, checkpoint, device, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
+def _worker_setup(name, checkpoint, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
     torch.set_num_threads(1)
     from .models import load_model
 
-    model = load_model(name, checkpoint, device, plain=plain)
+    model = load_model(name, checkpoint, "cpu", plain=plain)
     model.onnx_dir = Path(onnx_dir)
     if model.fingerprint() != fingerprint:
         raise RuntimeError(f"a worker loaded different weights for {name} from {checkpoint}; evaluate in-process "
                            "(workers=1) a model that was changed in memory")
-    _WORKER.update(model=model, cache=EmbeddingCache(model, cache_root, storage), specs={})
+    _WORKER.update(model=model, cache=EmbeddingCache(model, cache_root, storage))
 
 
 def _worker_slice(task) -> tuple[list[dict], bool]:
-    item, names, split, batch_size = task
-    model, cache, specs = _WORKER["model"], _WORKER["cache"], _WORKER["specs"]
-    pairs = [(specs.setdefault(name, PromptSpec.parse(name)), seed) for name, seed in names]
+    item, pairs, split, batch_size = task
+    model, cache = _WORKER["model"], _WORKER["cache"]
     embedding = cache.load(item.image)
     encoded = embedding is None
     if encoded:

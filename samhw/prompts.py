@@ -41,7 +41,7 @@ __all__ = [
     "normalize_log_weights",
     "prompt_rng",
     "parse_prompts",
-    "draw_named",
+    "draw_prompts",
 ]
 
 #: Default strategy parameters: sigma (px) of the Gaussian strategies (report: sigma^2 = 1e4),
@@ -518,16 +518,12 @@ def parse_prompts(texts: list[str] | tuple[str, ...]) -> list[PromptSpec]:
     return specs
 
 
-@lru_cache(maxsize=256)
-def _parsed(name: str) -> PromptSpec:
-    return PromptSpec.parse(name)
+def draw_prompts(mask: np.ndarray, image: np.ndarray | None, slice_id: str,
+                 pairs: Sequence[tuple[PromptSpec, int]]) -> list[Prompt]:
+    """Draw each (prompt, seed) of ``pairs`` on one slice, in order.
 
-
-def draw_named(mask: np.ndarray, image: np.ndarray | None, slice_id: str,
-               pairs: Sequence[tuple[str, int]]) -> list[Prompt]:
-    """Draw each (prompt name, seed) of ``pairs`` on one slice, in order.
-
-    Names and arrays in, prompts out: the unit of work a process pool can take without torch.
+    Arrays and specs in, prompts out: also the unit of work of a process pool, which then needs
+    numpy only.
     """
     target = Target(mask, image, slice_id)
-    return [_parsed(name).draw(target, seed) for name, seed in pairs]
+    return [spec.draw(target, seed) for spec, seed in pairs]
