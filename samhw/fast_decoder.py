@@ -14,8 +14,9 @@ so do gradients: ``tests/test_fast_paths.py`` checks masks, IoU and gradients ag
   the tokens' (N, C) layout, so nothing is transposed back to (C, H, W) until the final mask.
 * The final token-to-image attention is computed for the output tokens only (the prompt tokens'
   results are never read).
-* With one mask asked for, or the best of three by predicted IoU, only that mask is upscaled
-  through the hypernetwork product.
+* Hypernetwork weights are computed for the masks asked for only (mask 0, or masks 1-3), and with
+  one mask asked for, or the best of three by predicted IoU, only that mask is upscaled through the
+  hypernetwork product.
 
 Shapes: ``B`` prompts of one image, ``T`` tokens (5 output tokens + prompt tokens), ``N`` = 64*64
 image tokens, ``C`` = 256 channels, ``H`` = 8 heads of ``D`` = 16 (internal dim 128).
@@ -194,24 +195,26 @@ class FastDecoder:
         """Every mask as SAM's ``MaskDecoder`` returns them: logits (B, K, 4h, 4w) and predicted IoU
         (B, K), K = 3 (masks 1-3) with ``multimask`` else 1 (mask 0). Differentiable (training)."""
         sparse, _ = self.pe(points=points, boxes=boxes, masks=None)
-        keys, iou, hyper = self._transformer(ctx, sparse)
-        picked = slice(1, None) if multimask else slice(0, 1)
-        return self._upscale(keys, hyper[:, picked], ctx), iou[:, picked]
+        picked = self._picked(multimask)
+        keys, iou, hyper = self._transformer(ctx, sparse, picked)
+        return self._upscale(keys, hyper, ctx), iou[:, picked]
 
     def decode_tokens(self, ctx: ImageContext, sparse: torch.Tensor, multimask: bool):
         """:meth:`decode` from the prompt encoder's sparse tokens (B, P, C)."""
-        keys, iou, hyper = self._transformer(ctx, sparse)
+        picked = self._picked(multimask)
+        keys, iou, hyper = self._transformer(ctx, sparse, picked)
         b = sparse.shape[0]
-        if multimask:
-            choice = iou[:, 1:].argmax(dim=1) + 1
-        else:
-            choice = torch.zeros(b, dtype=torch.long, device=iou.device)
         rows = torch.arange(b, device=iou.device)
-        return self._upscale(keys, hyper[rows, choice][:, None], ctx), iou[rows, choice][:, None]
+        choice = iou[:, picked].argmax(dim=1) if multimask else torch.zeros(b, dtype=torch.long, device=iou.device)
+        return self._upscale(keys, hyper[rows, choice][:, None], ctx), iou[rows, choice + picked[0]][:, None]
 
-    def _transformer(self, ctx: ImageContext, sparse: torch.Tensor):
-        """The two-way transformer and heads: image tokens (B, N, C), predicted IoU (B, 4) and the
-        hypernetwork weights of the four masks (B, 4, C/8)."""
+    def _picked(self, multimask: bool) -> list[int]:
+        """The masks SAM returns: 1-3 with ``multimask``, else mask 0."""
+        return list(range(1, 1 + self.md.num_multimask_outputs)) if multimask else [0]
+
+    def _transformer(self, ctx: ImageContext, sparse: torch.Tensor, picked: list[int]):
+        """The two-way transformer and heads: image tokens (B, N, C), predicted IoU of every mask
+        (B, 4) and the hypernetwork weights (B, K, C/8) of the K ``picked`` masks only."""
         md, tr = self.md, self.md.transformer
         b = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
@@ -226,7 +229,7 @@ class FastDecoder:
         out = tr.norm_final_attn(out + update)
         iou = md.iou_prediction_head(out[:, 0])  # (B, 4)
         mask_tokens = out[:, 1:]  # (B, 4, C)
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        hyper = torch.stack([md.output_hypernetworks_mlps[i](mask_tokens[:, i]) for i in picked], dim=1)
         return keys, iou, hyper
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor, ctx: ImageContext, chunk: int = UPSCALE_CHUNK) -> torch.Tensor:
