@@ -136,6 +136,11 @@ def _latencies(model_name: str, checkpoint: str | None, device: str, data: str |
     return out
 
 
+def _fastest_encoder_ms(enc: dict) -> float:
+    """The fast path's encoder time per slice: one at a time, or batched where that was measured."""
+    return min(enc["fast_ms"], enc.get("fast_batched_ms", np.inf))
+
+
 def _spread(samples: list[float]) -> dict:
     """Median and quartiles of some milliseconds."""
     q25, q50, q75 = np.percentile(samples, [25, 50, 75])
@@ -336,7 +341,7 @@ def run_bench(data: str | None = None, split: str = "test", slices: int = 8, see
     result["cache"] = {"bytes_per_slice": bytes_per_slice, "shared_copy_gb": round(bytes_per_slice * 1092 / 1e9, 2),
                        "float32_shared_copy_gb": round((bytes_per_slice - 128) * 2 * 1092 / 1e9, 2)}
     result["ratios"] = {
-        "encoder": round(enc["plain_ms"] / min(enc["fast_ms"], enc.get("fast_batched_ms", np.inf)), 3),
+        "encoder": round(enc["plain_ms"] / _fastest_encoder_ms(enc), 3),
         "decoder_one": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_ms"], 3),
         "decoder_batched": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_batched_ms"], 3),
         "train_step": round(result["train_step_batch8"]["plain_ms"] / result["train_step_batch8"]["fast_ms"], 3),
@@ -372,7 +377,7 @@ def _targets(r: dict) -> list[str]:
         lines.append(row("decoder <= 30 ms per prompt, one at a time", f"{dec['fast_ms']:.1f} ms", dec["fast_ms"] <= 30))
         lines.append(row("decoder <= 30 ms per prompt, in the study (steady)", f"{steady} ms", steady is not None and steady <= 30))
         enc = r["encoder_per_slice"]
-        fastest = min(enc["fast_ms"], enc.get("fast_batched_ms", np.inf))
+        fastest = _fastest_encoder_ms(enc)
         lines.append(row("encoder >= 2x faster than eager fp32",
                          f"{enc['plain_ms'] / fastest:.3f}x ({enc['plain_ms']:.1f} / {fastest:.1f} ms)",
                          enc["plain_ms"] >= 2 * fastest))
@@ -392,12 +397,9 @@ def _targets(r: dict) -> list[str]:
     return lines
 
 
-def _with_quartiles(part: dict, path: str, digits: int) -> str:
-    """``median [q25-q75]`` where the quartiles were measured, else the median."""
-    text = f"{part[f'{path}_ms']:.{digits}f}"
-    if path in part:
-        text += f" [{part[path]['q25_ms']:.{digits}f}-{part[path]['q75_ms']:.{digits}f}]"
-    return text
+def _with_quartiles(spread: dict, digits: int) -> str:
+    """``median [q25-q75]`` of a :func:`_spread`."""
+    return f"{spread['ms']:.{digits}f} [{spread['q25_ms']:.{digits}f}-{spread['q75_ms']:.{digits}f}]"
 
 
 def format_bench(r: dict) -> str:
@@ -416,16 +418,16 @@ def format_bench(r: dict) -> str:
         f"torch {m['torch']}, Python {m['python']}; {r['slices']} {r['split']} slices, {r['seeds']} seeds; "
         f"encoder backend of the fast path: {r['encoder_backend']}." + (f" {r['note']}" if r.get("note") else ""),
         "",
-        *([f"One slice through the encoder and one prompt through the decoder: medians [quartiles] of "
-           f"{enc['fast']['calls']} and {dec['fast']['calls']} calls per path, timed in {r['latency_rounds']} rounds "
-           f"that alternate between the two paths' processes, so that both meet the machine at the same speeds.", ""]
-          if "fast" in enc else []),
+        f"One slice through the encoder and one prompt through the decoder: medians [quartiles] of "
+        f"{enc['fast']['calls']} and {dec['fast']['calls']} calls per path, timed in {r['latency_rounds']} rounds "
+        f"that alternate between the two paths' processes, so that both meet the machine at the same speeds.",
+        "",
         "| measure | plain eager | samhw | ratio |",
         "|---|---|---|---|",
-        f"| encoder, ms per slice | {_with_quartiles(enc, 'plain', 1)} | {_with_quartiles(enc, 'fast', 1)}"
+        f"| encoder, ms per slice | {_with_quartiles(enc['plain'], 1)} | {_with_quartiles(enc['fast'], 1)}"
         + (f" (batch {enc['batch']}: {enc['fast_batched_ms']:.2f})" if "fast_batched_ms" in enc else "")
         + f" | {r['ratios']['encoder']}x |",
-        f"| decoder, ms per prompt, one at a time | {_with_quartiles(dec, 'plain', 2)} | {_with_quartiles(dec, 'fast', 2)} "
+        f"| decoder, ms per prompt, one at a time | {_with_quartiles(dec['plain'], 2)} | {_with_quartiles(dec['fast'], 2)} "
         f"| {r['ratios']['decoder_one']}x |",
         f"| decoder, ms per prompt, batch {dec['batch']} | {dec['plain_batched_ms']:.2f} | {dec['fast_batched_ms']:.2f} "
         f"| {r['ratios']['decoder_batched']}x (vs plain one at a time) |",

@@ -66,7 +66,7 @@ class OnnxEncoder:
         # process): the first run hands its chunks back when it ends.
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self._runs = 0
+        self._first_run = True
 
     @staticmethod
     def export(encoder: nn.Module, input_size: int, path: Path) -> None:
@@ -86,5 +86,5 @@ class OnnxEncoder:
         return torch.from_numpy(np.concatenate([self._run(a[None]) for a in array]))
 
     def _run(self, image: np.ndarray) -> np.ndarray:
-        self._runs += 1
-        return self.session.run(None, {"image": image}, self._release if self._runs == 1 else None)[0]
+        options, self._first_run = (self._release if self._first_run else None), False
+        return self.session.run(None, {"image": image}, options)[0]
