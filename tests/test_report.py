@@ -45,3 +45,18 @@ def test_readme_bench_block_names_its_command_and_file():
     assert files and "python -m samhw bench" in block
     committed = (REPO / files[0]).read_text().strip().replace("# Benchmark", "#### Benchmark", 1)
     assert committed in block
+
+
+def test_readme_encoder_alternatives_are_the_committed_run():
+    """The README's figures for the encoder's other runtimes are those of their committed file."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("#### The encoder's 2x on this CPU", 1)[1].split("####", 1)[0]
+    assert "python benchmarks/encoder_alternatives.py" in section
+    run = json.loads((REPO / "results" / "bench" / "encoder-alternatives-cpu.json").read_text())
+    eager = run["time"]["eager"]["ms"]
+    for name, time in run["time"].items():
+        assert f"{time['ms']:.1f} ms" in section, name
+        if name != "eager":
+            assert f"({eager / time['ms']:.3f}x" in section, name
+    assert f"{run['fidelity']['eager']['mean_iou']:.5f}" in section
+    assert f"{run['fidelity']['onnx-int8']['mean_iou']:.5f}" in section
