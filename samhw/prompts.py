@@ -303,20 +303,21 @@ def _box_pixels(t: Target) -> np.ndarray:
 
 
 def _background_corner(t: Target, rng: np.random.Generator) -> np.ndarray:
-    """A tight-box corner off the tumor: a random corner; if it is a tumor pixel, the pixel
-    diagonally outside it; failing that (image border), the next corner in turn."""
+    """A tight-box corner off the tumor, drawn uniformly from the usable corners: one that is a
+    tumor pixel gives way to the pixel diagonally outside it, and one where both are tumor or off
+    the image (a tumor at the image's border) is not usable."""
     x0, y0, x1, y1 = t.box
-    corners = [(x0, y0, -1, -1), (x1, y0, 1, -1), (x1, y1, 1, 1), (x0, y1, -1, 1)]
-    first = min(int(rng.random() * 4), 3)
-    for k in range(4):
-        x, y, dx, dy = corners[(first + k) % 4]
+    h, w = t.shape
+    usable = []
+    for x, y, dx, dy in [(x0, y0, -1, -1), (x1, y0, 1, -1), (x1, y1, 1, 1), (x0, y1, -1, 1)]:
         for candidate in ((x, y), (x + dx, y + dy)):
             point = np.array(candidate, dtype=np.float64)
-            h, w = t.shape
-            inside_image = 0 <= candidate[0] < w and 0 <= candidate[1] < h
-            if inside_image and not t.contains(point):
-                return point
-    raise EmptyMaskError(f"{t.slice_id}: no background pixel at or beside any corner of the tight box")
+            if 0 <= candidate[0] < w and 0 <= candidate[1] < h and not t.contains(point):
+                usable.append(point)
+                break
+    if not usable:
+        raise EmptyMaskError(f"{t.slice_id}: no background pixel at or beside any corner of the tight box")
+    return usable[min(int(rng.random() * len(usable)), len(usable) - 1)]
 
 
 PointFn = Callable[[Target, np.random.Generator, Mapping[str, float]], np.ndarray]
@@ -410,7 +411,9 @@ class _Component:
         if self.kind == "box":
             return f"box:{self.margin}"
         own = {k: v for k, v in self.params.items() if v != DEFAULT_PARAMS[k]}
-        return self.kind + (":" + ",".join(f"{k}={v:g}" for k, v in sorted(own.items())) if own else "")
+        # positional and shortest-exact: the name parses back to the same numbers
+        return self.kind + (":" + ",".join(f"{k}={np.format_float_positional(v, trim='-')}"
+                                           for k, v in sorted(own.items())) if own else "")
 
 
 @dataclass(frozen=True)

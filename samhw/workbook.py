@@ -39,7 +39,7 @@ __all__ = [
     "DATA_HELP", "QUICK_STUDY", "FULL_STUDY", "REPORT_TABLE_I", "REPORT_E1", "TABLE_I_STRATEGIES",
     "setup", "repo_root", "find_data", "results_dir", "StudyResults", "load_results", "combined_summary",
     "live_model", "live_slices", "combined_rows", "prompt_table", "multimask_summary", "run_prompts", "live_summary", "full_study",
-    "margin_table", "margin_observation", "table_one", "off_target_table", "paired_difference",
+    "margin_table", "margin_observation", "thin_boxes", "table_one", "off_target_table", "paired_difference",
     "all_masks", "multimask_table", "weight_map", "off_target_slices",
     "trace", "parameter_table", "vit_b_without_weights", "dataflow_shapes", "interval", "live_rows",
     "encoder_trace", "positional_encoding", "sparse_tokens", "mask_path", "decoder_trace", "embedding_pca",
@@ -303,6 +303,24 @@ def margin_observation(summary: pd.DataFrame) -> pd.DataFrame:
                     "falling steps above 0": f"{falls.sum()}/{falls.size}",
                     "report's observation": "holds" if holds else ("peak at 0, not monotone" if best == 0 else
                                                                    f"does not hold (peak at M={best})")})
+    return pd.DataFrame(out)
+
+
+def thin_boxes(rows: pd.DataFrame) -> pd.DataFrame:
+    """E1's boxes of margin <= 0 that are one pixel thin: with inclusive pixel indices a box
+    ``[x0, y0, x1, y1]`` with ``x0 == x1`` or ``y0 == y1`` keeps a row or column of pixels (SPEC: never
+    collapse), but as SAM reads its two corners it has no width or no height. Per model, split and
+    margin: how many, and the mean IoU of those boxes and of the others."""
+    out = []
+    boxes = rows[rows["prompt"].str.fullmatch(r"box:(-\d+|0)")]
+    for (model, split, prompt), group in boxes.groupby(["model", "split", "prompt"], sort=False):
+        corners = np.array([[int(v) for v in box.split()] for box in group["box"]])
+        thin = (corners[:, 0] == corners[:, 2]) | (corners[:, 1] == corners[:, 3])
+        ious = group["iou"].to_numpy()
+        out.append({"model": model, "split": split, "prompt": prompt,
+                    "one pixel thin": f"{thin.sum()} of {len(group)} boxes", "share": round(float(thin.mean()), 3),
+                    "IoU, thin boxes": round(float(ious[thin].mean()), 3) if thin.any() else np.nan,
+                    "IoU, the others": round(float(ious[~thin].mean()), 3) if (~thin).any() else np.nan})
     return pd.DataFrame(out)
 
 

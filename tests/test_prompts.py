@@ -240,6 +240,15 @@ def test_mask_on_the_right_and_bottom_border():
         assert p.off_target == 0
 
 
+def test_background_draws_uniformly_from_the_usable_corners():
+    mask = np.zeros((H, W), bool)
+    mask[H - 2:, 3:9] = True  # along the bottom border: its lower corners have no pixel below them
+    got = [tuple(draw("background", seed, mask=mask).points[0]) for seed in range(2000)]
+    upper_left = (2.0, H - 3.0)
+    assert set(got) == {upper_left, (9.0, H - 3.0)}
+    assert 0.45 < got.count(upper_left) / len(got) < 0.55
+
+
 # ----------------------------------------------------------------------------- bilateral
 
 
@@ -324,6 +333,11 @@ def test_parse_names_and_errors():
     assert PromptSpec.parse("center_gaussian:sigma=100").name == "center_gaussian"  # the default is left out
     assert PromptSpec.parse("center_gaussian:sigma=50").name == "center_gaussian:sigma=50"
     assert PromptSpec.parse(" box:-20 + center_mask ").name == "box:-20+center_mask"
+    # a name is exact and parses back to itself: no rounding, no exponent whose "+" would split it
+    for sigma in (12.345678, 1e6, 2.5e-7, 150.000012):
+        name = PromptSpec.parse(f"random_gaussian:sigma={sigma!r}").name
+        assert PromptSpec.parse(name).name == name and float(name.split("=")[1]) == sigma
+    assert len(parse_prompts(["random_gaussian:sigma=150.00001", "random_gaussian:sigma=150.000012"])) == 2
     assert DEFAULT_PARAMS["sigma"] == 100.0  # report: sigma^2 = 1e4
     for bad, message in [("nope", "unknown prompt"), ("center_mask:sigma=3", "takes no parameters"),
                          ("random_gaussian:sigma=-1", "positive"), ("random_gaussian:sigma=0", "positive"),

@@ -60,3 +60,18 @@ def test_readme_encoder_alternatives_are_the_committed_run():
             assert f"({eager / time['ms']:.3f}x" in section, name
     assert f"{run['fidelity']['eager']['mean_iou']:.5f}" in section
     assert f"{run['fidelity']['onnx-int8']['mean_iou']:.5f}" in section
+
+
+def test_readme_thin_box_figures_are_the_committed_rows():
+    from samhw import workbook
+
+    section = (REPO / "README.md").read_text().split("**E1, shrunken boxes that end as a line**", 1)[1].split("\n* ", 1)[0]
+    rows = pd.concat([pd.read_csv(d / "rows_test.csv").assign(model=d.name) for d in (RESULTS, FINETUNED)])
+    table = workbook.thin_boxes(rows).set_index(["model", "prompt"])
+    pretrained, finetuned = table.loc["litemedsam"], table.loc["litemedsam-finetuned"]
+    expected = [f"{100 * pretrained.loc['box:-20', 'share']:.1f}%", f"{100 * pretrained.loc['box:-10', 'share']:.1f}%",
+                f"IoU {pretrained.loc['box:-20', 'IoU, thin boxes']:.3f}", f"{finetuned.loc['box:-20', 'IoU, thin boxes']:.3f}",
+                f"{pretrained.loc['box:-20', 'IoU, the others']:.3f} at `box:-20`", f"{pretrained.loc['box:0', 'IoU, the others']:.3f}"]
+    assert pretrained.loc["box:0", "share"] == 0 and "none at `box:0`" in section
+    for figure in expected:
+        assert figure in section, figure

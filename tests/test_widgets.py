@@ -269,6 +269,18 @@ def test_off_target_table_counts_points_off_the_mask():
     assert row["IoU as drawn, outside slices only"] == 0.15 and row["IoU snapped, outside slices only"] == 0.45
 
 
+def test_thin_boxes_counts_boxes_of_one_row_or_column():
+    boxes = {"box:-20": ["3 5 3 9", "2 4 8 4", "1 2 6 7", "1 2 6 8"], "box:0": ["0 0 5 6"] * 4, "box:10": ["2 2 2 2"] * 4}
+    rows = pd.DataFrame([{"model": "m", "split": "test", "slice": f"s{k}", "prompt": p, "seed": 0, "iou": 0.1 * (k + 1),
+                          "box": b} for p, bs in boxes.items() for k, b in enumerate(bs)])
+    table = workbook.thin_boxes(rows).set_index("prompt")
+    assert list(table.index) == ["box:-20", "box:0"]  # margins <= 0 only
+    thin = table.loc["box:-20"]  # a column (x0 == x1), a row (y0 == y1), two boxes with area
+    assert thin["one pixel thin"] == "2 of 4 boxes" and thin["share"] == 0.5
+    assert thin["IoU, thin boxes"] == 0.15 and thin["IoU, the others"] == 0.35
+    assert table.loc["box:0", "share"] == 0 and np.isnan(table.loc["box:0", "IoU, thin boxes"])
+
+
 def write_results(folder: Path, command: str = "python -m samhw study --limit 8") -> None:
     folder.mkdir(parents=True)
     pd.DataFrame([{"experiment": "E1", "split": "test", "prompt": "box:0", "iou": 0.8, "iou_lo": np.nan,
