@@ -209,6 +209,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
         raise DataError(path, f"mask is not binary (values {shown}; expected 0 and 255); {_SKIP_HINT}")
+    if mask.all():  # no background at all: no background point, and a box that is the whole image
+        raise DataError(path, f"mask covers the whole image: an inverted mask? (expected 255 on the tumor only); {_SKIP_HINT}")
     return mask > 0
 
 

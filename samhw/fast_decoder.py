@@ -90,11 +90,16 @@ class FastDecoder:
         self._dense_pe: dict[torch.device, torch.Tensor] = {}
 
     def dense_pe(self) -> torch.Tensor:
-        """(1, N, C) positional encoding of the embedding grid (a fixed buffer), once per device."""
+        """(1, N, C) positional encoding of the embedding grid (a buffer of the weights), once per
+        device; :meth:`forget` drops it when the weights change."""
         device = self.pe.no_mask_embed.weight.device
         if device not in self._dense_pe:
             self._dense_pe[device] = self.pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
         return self._dense_pe[device]
+
+    def forget(self) -> None:
+        """Drop what was computed from the weights (after loading others)."""
+        self._dense_pe.clear()
 
     def prepare(self, embedding: torch.Tensor) -> ImageContext:
         """Per-image work for a (1, C, h, w) embedding."""

@@ -57,17 +57,26 @@ class ModelError(Exception):
     """A model cannot be built or loaded; the message says which file and what to do."""
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; anything else is passed to :class:`torch.device`."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"--device {device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not _mps_available():
+        raise ModelError(f"--device {device}: MPS is not available here; use --device cpu or auto")
     return dev
 
 
@@ -188,12 +197,15 @@ class SamModel(nn.Module):
 
     @property
     def encoder_backend(self) -> str:
-        """How embeddings are computed: ``onnx-fp32`` (the CPU's default) or ``torch-fp32``
-        (``plain``, other devices, or where ONNX Runtime is unavailable).
+        """How embeddings are computed: ``onnx-fp32`` (the CPU's default), ``torch-fp32`` (``plain``
+        on the CPU, or where ONNX Runtime is unavailable) or ``torch-fp32-<device>`` (CUDA, MPS).
 
-        Part of the embedding cache key: backends agree to ~1e-5, not to the bit.
+        Part of the embedding cache key: backends agree to ~1e-5, not to the bit (and cuDNN's
+        convolutions use TF32 by default), so a cache shared between devices never mixes them.
         """
-        if not self.plain and self.device.type == "cpu" and OnnxEncoder.suitable(self.image_encoder):
+        if self.device.type != "cpu":
+            return f"torch-fp32-{self.device.type}"
+        if not self.plain and OnnxEncoder.suitable(self.image_encoder):
             return "onnx-fp32"
         return "torch-fp32"
 
@@ -203,10 +215,12 @@ class SamModel(nn.Module):
         return result
 
     def weights_changed(self) -> None:
-        """Forget what was derived from the image encoder's weights (its cache key, the ONNX
-        session, TinyViT's cached attention biases): call after changing them in place."""
+        """Forget what was derived from the weights (the encoder's cache key, the ONNX session,
+        TinyViT's cached attention biases, the fast decoder's positional encoding): call after
+        changing them in place."""
         self.__dict__.pop("_encoder_key", None)
         self._onnx = None
+        self.fast_decoder.forget()
         self.train(self.training)  # TinyViT caches its attention biases when switched to eval
 
     # -- preprocessing

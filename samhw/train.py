@@ -83,10 +83,14 @@ class FinetuneConfig:
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
             raise FinetuneError(f"parts to train must be among {', '.join(PARTS)}, got {list(self.parts)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
-            raise FinetuneError("epochs and batch size must be at least 1, lr positive, warmup not negative")
+        if self.epochs < 1 or self.batch_size < 1 or self.warmup_steps < 0 or self.seed < 0:
+            raise FinetuneError("epochs and batch size must be at least 1, warmup and seed not negative")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise FinetuneError(f"lr must be a positive number and weight decay a number >= 0, "
+                                f"got lr {self.lr} and weight decay {self.weight_decay}")
         parse_prompts([name for name, _ in self.mix])
-        parse_prompts(list(self.val_prompts))
+        # validation rows carry each prompt's standard name: keep that one (sigma=100 is the default, box:020 is box:20)
+        object.__setattr__(self, "val_prompts", tuple(spec.name for spec in parse_prompts(list(self.val_prompts))))
         if any(w < 0 for _, w in self.mix) or sum(w for _, w in self.mix) <= 0:
             raise PromptError("training prompt weights must be non-negative and not all zero")
 
@@ -224,7 +228,11 @@ def validate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, prompts: 
     specs = parse_prompts(list(prompts))
     rows = [r for rows in evaluate(model, cache, dataset, specs, [0], progress=False, workers=1) for r in rows]
     frame = pd.DataFrame(rows)
-    return {p: float(frame.loc[frame["prompt"] == p, "iou"].mean()) for p in prompts}
+    means = {spec.name: float(frame.loc[frame["prompt"] == spec.name, "iou"].mean()) for spec in specs}
+    missing = [name for name, mean in means.items() if math.isnan(mean)]
+    if missing:
+        raise FinetuneError(f"validation gave no IoU for {', '.join(missing)}: no best checkpoint can be chosen")
+    return means
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -233,6 +241,12 @@ def _save_atomic(obj: dict, path: Path) -> None:
         torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -245,7 +259,7 @@ def _checkpoint(model: SamModel, config: FinetuneConfig, run: dict, epoch: int, 
     return record
 
 
-def _resume(path: Path, config: FinetuneConfig, model: SamModel, optimizer: torch.optim.Optimizer) -> dict:
+def _resume(path: Path, config: FinetuneConfig, run: dict, model: SamModel, optimizer: torch.optim.Optimizer) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -256,6 +270,10 @@ def _resume(path: Path, config: FinetuneConfig, model: SamModel, optimizer: torc
         diff = {k: (v, getattr(config, k)) for k, v in asdict(stored).items() if getattr(config, k) != v}
         raise FinetuneError(f"{path}: was trained with other options; --resume needs the same ones. "
                          f"Differences (checkpoint, now): {diff}")
+    if state["split"] != run["split"]:
+        raise FinetuneError(f"{path}: was trained on other data ({state['split']['data']}, "
+                            f"{len(state['split']['train'])} train patients) than now ({run['split']['data']}, "
+                            f"{len(run['split']['train'])}); --resume needs the same --data and --skip-bad")
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     return state
@@ -299,7 +317,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     best: dict | None = None
     start_epoch = 0
     if resume:
-        state = _resume(last, config, model, optimizer)
+        state = _resume(last, config, run, model, optimizer)
         log, best, start_epoch = state["log"], state["best"], state["epoch"] + 1
         done = f"epochs 1-{start_epoch}" if start_epoch > 1 else "epoch 1"
         tqdm.write(f"resuming {last}: {done} done (best so far: epoch {best['epoch']}, validation "
@@ -336,6 +354,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
             val = validate(model, val_cache, val_set, config.val_prompts)
             if train_encoder:
                 shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
+                model.onnx_path.unlink(missing_ok=True)
         loss, mask_loss, iou_loss = (float(v) for v in sums / steps_per_epoch)  # plain floats: weights_only loads
         entry = {"epoch": epoch + 1, "loss": loss, "mask_loss": mask_loss, "iou_loss": iou_loss, "lr_end": lr, "val": val,
                  "val_mean": float(np.mean(list(val.values()))), "train_s": round(train_s, 1),
@@ -348,8 +367,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
             best = {"epoch": epoch + 1, "val_mean": entry["val_mean"], "val": val}
             _save_atomic(_checkpoint(model, config, run, epoch, log, best, None), best_path)
         _save_atomic(_checkpoint(model, config, run, epoch, log, best, optimizer), last)
-        (out / "log.json").write_text(json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log},
-                                                 indent=1) + "\n")
+        _write_atomic(out / "log.json", json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log},
+                                                   indent=1) + "\n")
         plots.save(plots.training_curves(log), out / "curves.png")
         tqdm.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation IoU "
                    + ", ".join(f"{p} {v:.3f}" for p, v in val.items())

@@ -101,10 +101,12 @@ def bad_cases(root: Path):
          r"expected an \(H, W, 3\) uint8 image"),
         ("non-binary", lambda: tifffile.imwrite(root / study / f"{study}_3_mask.tif",
                                                 np.arange(80, dtype=np.uint8).reshape(8, 10)), "mask is not binary"),
+        ("inverted", lambda: tifffile.imwrite(root / study / f"{study}_3_mask.tif", np.full((8, 10), 255, np.uint8)),
+         "mask covers the whole image"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_bad_input_is_a_clear_error_or_a_counted_skip(kaggle, case):
     what, spoil, words = bad_cases(kaggle)[case]
     spoil()

@@ -164,8 +164,26 @@ def test_project_checkpoint_round_trips(lite_model, tmp_path):
     assert loaded.fingerprint() == lite_model.fingerprint() and loaded.meta["epoch"] == 3
 
 
+def test_loading_weights_refreshes_the_fast_decoders_positional_encoding():
+    torch.manual_seed(0)
+    model = build_model("litemedsam")
+    before = model.fast_decoder.dense_pe().clone()
+    state = model.state_dict()
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    state[key] = 2 * state[key]
+    model.load_state_dict(state)
+    after = model.fast_decoder.dense_pe()
+    assert not torch.equal(before, after)
+    assert torch.equal(after, model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2))
+
+
 def test_device_choice():
     assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ModelError, match="not a device"):
+        resolve_device("gpu")
+    if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        with pytest.raises(ModelError, match="MPS is not available"):
+            resolve_device("mps")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available"):

@@ -63,6 +63,20 @@ def test_parse_mix_and_bad_options():
         FinetuneConfig(parts=("encoder",))
     with pytest.raises(FinetuneError):
         FinetuneConfig(epochs=0)
+    for bad in ({"lr": float("inf")}, {"lr": float("nan")}, {"weight_decay": -1.0}, {"seed": -1}):
+        with pytest.raises(FinetuneError):
+            FinetuneConfig(**bad)
+    # validation prompts keep the names their rows will carry (else no row matches and best.pt stays at epoch 1)
+    assert FinetuneConfig(val_prompts=("center_gaussian:sigma=100", "box:020")).val_prompts == ("center_gaussian", "box:20")
+
+
+def test_resume_refuses_a_run_of_other_data(tmp_path):
+    config = _quick()
+    split = {"train": ["P1", "P2"], "val": ["P3"], "data": "/one/kaggle_3m"}
+    torch.save({"options": config.to_dict(), "split": split}, tmp_path / "last.pt")
+    now = {"split": {"train": ["P1"], "val": ["P3"], "data": "/two/kaggle_3m"}}
+    with pytest.raises(FinetuneError, match="other data"):
+        train._resume(tmp_path / "last.pt", config, now, None, None)
 
 
 def test_prompt_loss_prefers_the_right_mask_and_trains_the_iou_head():
