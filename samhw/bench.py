@@ -136,11 +136,6 @@ def _latencies(model_name: str, checkpoint: str | None, device: str, data: str |
     return out
 
 
-def _fastest_encoder_ms(enc: dict) -> float:
-    """The fast path's encoder time per slice: one at a time, or batched where that was measured."""
-    return min(enc["fast_ms"], enc.get("fast_batched_ms", np.inf))
-
-
 def _spread(samples: list[float]) -> dict:
     """Median and quartiles of some milliseconds."""
     q25, q50, q75 = np.percentile(samples, [25, 50, 75])
@@ -325,7 +320,8 @@ def run_bench(data: str | None = None, split: str = "test", slices: int = 8, see
     enc = {"plain_ms": spread["plain"]["encoder"]["ms"], "fast_ms": spread["fast"]["encoder"]["ms"],
            "plain": spread["plain"]["encoder"], "fast": spread["fast"]["encoder"]}
     if "encoder_batched_ms" in fast:
-        enc.update(fast_batched_ms=fast["encoder_batched_ms"], batch=fast["encoder_batch"])
+        enc.update(fast_batched_ms=fast["encoder_batched_ms"], batch=fast["encoder_batch"],
+                   batched_ratio=round(enc["plain_ms"] / fast["encoder_batched_ms"], 3))
     result["encoder_per_slice"] = enc
     result["decoder_per_prompt"] = {"plain_ms": spread["plain"]["decoder"]["ms"], "fast_ms": spread["fast"]["decoder"]["ms"],
                                     "plain": spread["plain"]["decoder"], "fast": spread["fast"]["decoder"],
@@ -341,7 +337,7 @@ def run_bench(data: str | None = None, split: str = "test", slices: int = 8, see
     result["cache"] = {"bytes_per_slice": bytes_per_slice, "shared_copy_gb": round(bytes_per_slice * 1092 / 1e9, 2),
                        "float32_shared_copy_gb": round((bytes_per_slice - 128) * 2 * 1092 / 1e9, 2)}
     result["ratios"] = {
-        "encoder": round(enc["plain_ms"] / _fastest_encoder_ms(enc), 3),
+        "encoder": round(enc["plain_ms"] / enc["fast_ms"], 3),  # one slice at a time on both paths
         "decoder_one": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_ms"], 3),
         "decoder_batched": round(result["decoder_per_prompt"]["plain_ms"] / result["decoder_per_prompt"]["fast_batched_ms"], 3),
         "train_step": round(result["train_step_batch8"]["plain_ms"] / result["train_step_batch8"]["fast_ms"], 3),
@@ -377,10 +373,9 @@ def _targets(r: dict) -> list[str]:
         lines.append(row("decoder <= 30 ms per prompt, one at a time", f"{dec['fast_ms']:.1f} ms", dec["fast_ms"] <= 30))
         lines.append(row("decoder <= 30 ms per prompt, in the study (steady)", f"{steady} ms", steady is not None and steady <= 30))
         enc = r["encoder_per_slice"]
-        fastest = _fastest_encoder_ms(enc)
         lines.append(row("encoder >= 2x faster than eager fp32",
-                         f"{enc['plain_ms'] / fastest:.3f}x ({enc['plain_ms']:.1f} / {fastest:.1f} ms)",
-                         enc["plain_ms"] >= 2 * fastest))
+                         f"{enc['plain_ms'] / enc['fast_ms']:.3f}x ({enc['plain_ms']:.1f} / {enc['fast_ms']:.1f} ms)",
+                         enc["plain_ms"] >= 2 * enc["fast_ms"]))
         study = r.get("default_study")
         if study and study.get("peak_memory_mb"):
             lines.append(row("peak memory of the study < 4 GB", f"{study['peak_memory_mb']} MB (`{study['command']}`)",
@@ -426,7 +421,9 @@ def format_bench(r: dict) -> str:
         "|---|---|---|---|",
         f"| encoder, ms per slice | {_with_quartiles(enc['plain'], 1)} | {_with_quartiles(enc['fast'], 1)}"
         + (f" (batch {enc['batch']}: {enc['fast_batched_ms']:.2f})" if "fast_batched_ms" in enc else "")
-        + f" | {r['ratios']['encoder']}x |",
+        + f" | {r['ratios']['encoder']}x"
+        + (f" (batch {enc['batch']}: {enc['batched_ratio']}x vs plain one at a time)" if "fast_batched_ms" in enc else "")
+        + " |",
         f"| decoder, ms per prompt, one at a time | {_with_quartiles(dec['plain'], 2)} | {_with_quartiles(dec['fast'], 2)} "
         f"| {r['ratios']['decoder_one']}x |",
         f"| decoder, ms per prompt, batch {dec['batch']} | {dec['plain_batched_ms']:.2f} | {dec['fast_batched_ms']:.2f} "

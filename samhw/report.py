@@ -71,6 +71,12 @@ REPORT_TABLE_I = pd.DataFrame(
     index=pd.Index(TABLE_I_STRATEGIES, name="strategy"),
 )
 
+def _seeds(metas: dict) -> str:
+    """The seeds of both studies: one list where they agree, else each model's."""
+    origin, tuned = metas["origin"]["seeds"], metas["fine-tuned"]["seeds"]
+    return str(origin) if origin == tuned else f"{origin} (pretrained) and {tuned} (fine-tuned)"
+
+
 def _made(meta: dict) -> str:
     """Which command made which splits, each command once."""
     by_command: dict[str, list] = {}
@@ -103,7 +109,7 @@ def comparison_markdown(origin_dir: str | Path, tuned_dir: str | Path) -> str:
     out = [
         f"Pretrained (`{metas['origin']['model']}`, weights sha256 `{metas['origin']['weights_sha256'][:12]}`) against "
         f"fine-tuned (`{Path(tuned['checkpoint']).as_posix() if tuned.get('checkpoint') else '?'}`, sha256 "
-        f"`{tuned['weights_sha256'][:12]}`), seeds {metas['origin']['seeds']}, on {metas['origin']['device']}. "
+        f"`{tuned['weights_sha256'][:12]}`), seeds {_seeds(metas)}, on {metas['origin']['device']}. "
         f"Origin: {_made(metas['origin'])}. Fine-tuned: {_made(tuned)}{trained}. Mean IoU; ± is the half-width of the 95% "
         f"interval over seeds (none for prompts that do not depend on the seed). Files in "
         f"`{dirs['origin'].as_posix()}/` and `{dirs['fine-tuned'].as_posix()}/`.",

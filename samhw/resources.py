@@ -80,10 +80,13 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            pss = _tree_pss_mb()
-            if pss is not None:
-                self.peak_mb = max(self.peak_mb or 0.0, pss)
+            self._record()
             self._stop.wait(self.interval_s)
+
+    def _record(self) -> None:
+        pss = _tree_pss_mb()
+        if pss is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, pss)
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -102,3 +105,4 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
+            self._record()  # the block's end too: a block shorter than the interval has one sample only

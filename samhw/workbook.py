@@ -140,6 +140,8 @@ class StudyResults:
 
         frames = [read_rows(self.folder / f"rows_{s}.csv") for s in self.splits
                   if (self.folder / f"rows_{s}.csv").is_file()]
+        if not frames:  # a folder of summaries only
+            return pd.DataFrame(columns=["model"])
         rows = pd.concat(frames, ignore_index=True)
         rows.insert(0, "model", self.name)
         return rows
@@ -241,25 +243,37 @@ def live_rows(model, cache, datasets: dict[str, Dataset], prompts: Sequence[str]
 
 
 def live_summary(rows: pd.DataFrame, model: str = "live") -> pd.DataFrame:
-    """The study's summary of live rows, with a ``model`` column (the rows' own, else ``model``)."""
+    """The study's summary of live rows, with a ``model`` column (the rows' own, else ``model``),
+    each model summarised on its own."""
     from .evaluate import summarize
 
-    summary = summarize(rows.drop(columns="model", errors="ignore"))
-    summary.insert(0, "model", rows["model"].iloc[0] if "model" in rows else model)
-    return summary
+    if "model" not in rows:
+        rows = rows.assign(model=model)
+    parts = []
+    for name, group in rows.groupby("model", sort=False):
+        summary = summarize(group.drop(columns="model"))
+        summary.insert(0, "model", name)
+        parts.append(summary)
+    return pd.concat(parts, ignore_index=True)
 
 
 def full_study(model: str = "litemedsam", checkpoint: str | None = None, experiments: Sequence[str] = ("E1", "E2", "E3"),
                seeds: int = 3, out: str | os.PathLike | None = None, limit: int | None = None) -> list[StudyResults]:
     """The notebooks' ``FULL = True`` path: run the study here on every slice of train and test
     (hours on a CPU, minutes on a GPU; ``limit`` slices per split for a try) into
-    ``runs/notebook/<model>`` and load it like committed results."""
+    ``runs/notebook/<model>`` (for a checkpoint, its folder's name, e.g. ``litemedsam-finetuned``,
+    prefixed with the model's where it lacks it) and load it like committed results."""
     from .study import run_study
 
-    out = Path(out) if out is not None else repo_root() / "runs" / "notebook" / model
+    name = model
+    if checkpoint is not None:
+        folder = Path(checkpoint).resolve().parent.name
+        name = folder if folder.startswith(model) else f"{model}-{folder}"
+    out = Path(out) if out is not None else repo_root() / "runs" / "notebook" / name
     run_study(out, data=str(find_data()), splits=("train", "test"), model_name=model, checkpoint=checkpoint,
               seeds=seeds, experiments=experiments, limit=limit,
-              command=f"samhw.workbook.full_study({model!r}, experiments={list(experiments)}, seeds={seeds}, limit={limit})")
+              command=f"samhw.workbook.full_study({model!r}, {checkpoint!r}, experiments={list(experiments)}, seeds={seeds}, "
+                      f"limit={limit})")
     return [r for r in load_results(out.parent, verbose=True) if r.name == out.name]
 
 
@@ -376,9 +390,10 @@ def off_target_table(rows: pd.DataFrame, strategies: Iterable[str] = ("center_bo
 def paired_difference(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """IoU of prompt ``a`` minus prompt ``b`` on the same slices and seeds, per model and split.
 
-    The 95% interval is over patients (the mean difference of each patient's slices and seeds,
-    Student t), so a few patients with many slices cannot decide it; ``slices a > b`` counts the
-    slices where ``a`` wins (averaged over seeds). The verdict says whether the interval excludes 0.
+    ``IoU a``, ``IoU b`` and ``a - b`` are means over patients (each patient's slices and seeds
+    averaged first), so they subtract; the 95% interval is over patients too (Student t), so a few
+    patients with many slices cannot decide it. ``slices a > b`` counts the slices where ``a`` wins
+    (averaged over seeds). The verdict says whether the interval excludes 0.
     """
     out = []
     for (model, split), group in rows.groupby(["model", "split"], sort=False):
@@ -395,7 +410,8 @@ def paired_difference(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> p
                 keys = ["patient", "slice", "seed"]
             both = left.merge(right, on=keys, suffixes=("_a", "_b"))
             both["diff"] = both["iou_a"] - both["iou_b"]
-            per_patient = both.groupby("patient")["diff"].mean()
+            patients = both.groupby("patient")[["iou_a", "iou_b", "diff"]].mean()
+            per_patient = patients["diff"]
             mean, lo, hi = mean_interval(per_patient)
             per_slice = both.groupby("slice")["diff"].mean()
             if np.isnan(lo):
@@ -406,8 +422,8 @@ def paired_difference(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> p
                 verdict = f"{b} better"
             else:
                 verdict = "no clear difference"
-            out.append({"model": model, "split": split, "a": a, "b": b, "IoU a": round(both["iou_a"].mean(), 4),
-                        "IoU b": round(both["iou_b"].mean(), 4), "a - b": round(mean, 4),
+            out.append({"model": model, "split": split, "a": a, "b": b, "IoU a": round(patients["iou_a"].mean(), 4),
+                        "IoU b": round(patients["iou_b"].mean(), 4), "a - b": round(mean, 4),
                         "95% interval (patients)": "" if np.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]",
                         "patients": len(per_patient), "slices a > b": f"{(per_slice > 0).sum()}/{len(per_slice)}",
                         "verdict": verdict})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from samhw.report import END, START, results_block
+from samhw.report import END, START, _seeds, results_block
 from samhw.study import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +75,10 @@ def test_readme_thin_box_figures_are_the_committed_rows():
     assert pretrained.loc["box:0", "share"] == 0 and "none at `box:0`" in section
     for figure in expected:
         assert figure in section, figure
+
+
+def test_comparison_states_each_models_seeds_where_they_differ():
+    same = {"origin": {"seeds": [0, 1, 2]}, "fine-tuned": {"seeds": [0, 1, 2]}}
+    assert _seeds(same) == "[0, 1, 2]"
+    other = {"origin": {"seeds": [0, 1, 2]}, "fine-tuned": {"seeds": [0, 1, 2, 3, 4]}}
+    assert _seeds(other) == "[0, 1, 2] (pretrained) and [0, 1, 2, 3, 4] (fine-tuned)"

@@ -4,7 +4,7 @@ import resource
 import pytest
 import torch
 
-from samhw.resources import keep_freed_memory
+from samhw.resources import PeakMemory, _tree_pss_mb, keep_freed_memory
 
 
 def _faults_of_new_tensors(rounds: int = 5) -> int:
@@ -42,3 +42,13 @@ def test_onnx_encoder_hands_back_the_memory_of_its_first_run(lite_model, tmp_pat
     grown = _resident_mb() - before
     assert all(torch.equal(first, e) for e in later)
     assert grown < 350, f"the encoder's runs kept {grown:.0f} MB (400-530 without the release, about 270 with it)"
+
+
+def test_peak_memory_samples_the_end_of_a_block_shorter_than_its_interval():
+    before = _tree_pss_mb()
+    if before is None:
+        pytest.skip("no /proc smaps here")
+    with PeakMemory(torch.device("cpu"), interval_s=60) as memory:
+        block = torch.ones(50_000_000, dtype=torch.float64)  # 400 MB, touched
+    assert memory.peak_mb >= before + 300
+    del block

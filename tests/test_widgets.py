@@ -258,6 +258,34 @@ def test_paired_difference_gives_an_interval_over_patients_and_a_verdict():
     assert workbook.paired_difference(paired_rows([0.1]), [("a", "c")]).empty  # no such prompt
 
 
+def test_paired_difference_columns_are_means_over_patients_and_subtract():
+    rows = [{"model": "m", "split": "test", "patient": patient, "slice": f"{patient}_{s}", "seed": 0, "prompt": prompt,
+             "iou": iou}
+            for patient, slices, a in (("P0", 1, 0.9), ("P1", 3, 0.3)) for s in range(slices)
+            for prompt, iou in (("a", a), ("b", 0.2))]
+    row = workbook.paired_difference(pd.DataFrame(rows), [("a", "b")]).iloc[0]
+    assert row["IoU a"] == pytest.approx(0.6) and row["IoU b"] == pytest.approx(0.2)  # not 0.45: slices weigh alike
+    assert row["IoU a"] - row["IoU b"] == pytest.approx(row["a - b"])
+
+
+def test_live_summary_summarises_each_model_on_its_own():
+    results = workbook.load_results(verbose=False)
+    rows = workbook.combined_rows(results)
+    rows = rows[rows["prompt"].isin(["box:0", "center_mask"]) & (rows["split"] == "test")]
+    summary = workbook.live_summary(rows).set_index(["model", "prompt"])
+    committed = workbook.combined_summary(results)
+    committed = committed[committed["split"] == "test"].set_index(["model", "prompt"])
+    assert summary.index.get_level_values("model").nunique() == len(results) == 2
+    for key in summary.index:
+        assert summary.loc[key, "iou"] == pytest.approx(committed.loc[key, "iou"], abs=1e-6), key
+
+
+def test_a_folder_of_summaries_only_has_no_rows(tmp_path):
+    write_results(tmp_path / "litemedsam")
+    (tmp_path / "litemedsam" / "rows_test.csv").unlink()
+    assert workbook.combined_rows(workbook.load_results(tmp_path, verbose=False)).empty
+
+
 def test_off_target_table_counts_points_off_the_mask():
     rows = pd.DataFrame([
         {"model": "m", "split": "test", "slice": f"s{k}", "prompt": p, "seed": 0, "iou": v, "off_target": off}
@@ -393,8 +421,13 @@ def test_full_switch_runs_the_study_and_loads_it_like_committed_results(tmp_path
     assert [r.name for r in found] == ["litemedsam"]
     assert calls == [{"data": str(tmp_path / "kaggle_3m"), "splits": ("train", "test"), "model_name": "litemedsam",
                       "checkpoint": None, "seeds": 1, "experiments": ["E1"], "limit": 1,
-                      "command": "samhw.workbook.full_study('litemedsam', experiments=['E1'], seeds=1, limit=1)"}]
+                      "command": "samhw.workbook.full_study('litemedsam', None, experiments=['E1'], seeds=1, limit=1)"}]
     assert "made by `samhw.workbook.full_study(" in capsys.readouterr().out
+    # a checkpoint's study is filed under its own name, never as the pretrained model's
+    monkeypatch.setattr(workbook, "repo_root", lambda: tmp_path)
+    found = workbook.full_study(checkpoint=str(tmp_path / "runs" / "litemedsam-finetuned" / "best.pt"), limit=1)
+    assert [r.name for r in found] == ["litemedsam-finetuned"]
+    assert (tmp_path / "runs" / "notebook" / "litemedsam-finetuned" / "summary.json").is_file()
 
 
 @pytest.mark.slow
