@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -235,18 +235,13 @@ def validate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, prompts: 
     return means
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
+def _save_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through a temporary file and a rename: an interrupted run leaves no half file."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -365,10 +360,12 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
         improved = best is None or entry["val_mean"] > best["val_mean"]
         if improved:
             best = {"epoch": epoch + 1, "val_mean": entry["val_mean"], "val": val}
-            _save_atomic(_checkpoint(model, config, run, epoch, log, best, None), best_path)
-        _save_atomic(_checkpoint(model, config, run, epoch, log, best, optimizer), last)
-        _write_atomic(out / "log.json", json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log},
-                                                   indent=1) + "\n")
+            record = _checkpoint(model, config, run, epoch, log, best, None)
+            _save_atomic(best_path, lambda handle: torch.save(record, handle))
+        record = _checkpoint(model, config, run, epoch, log, best, optimizer)
+        _save_atomic(last, lambda handle: torch.save(record, handle))
+        text = json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log}, indent=1) + "\n"
+        _save_atomic(out / "log.json", lambda handle: handle.write(text.encode()))
         plots.save(plots.training_curves(log), out / "curves.png")
         tqdm.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation IoU "
                    + ", ".join(f"{p} {v:.3f}" for p, v in val.items())
