@@ -235,6 +235,10 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
                for k, v in trained.state_dict().items() if not torch.equal(v, before[k])}
     if not tensors:
         raise ModelError(f"{path}: its weights are the base model's; nothing to ship")
+    overflow = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflow:
+        raise ModelError(f"{path}: {overflow[0]} is not finite in {dtype} (it overflows or was already); "
+                         "export with --dtype fp32, or check the run")
     parts = [p for p in _SUBMODULES if any(k.startswith(p + ".") for k in tensors)]
     # one metadata entry: safetensors writes several in a random order, and the file must be reproducible
     data = save_safetensors(tensors, metadata={"samhw": json.dumps({"format": SHIPPED_FORMAT, "name": name, "model": arch})})

@@ -23,7 +23,7 @@ from .data import Dataset, Slice
 from .models import ModelError, SamModel, load_model
 from .train import PARTS, FinetuneConfig, finetune, prompt_loss, training_forward, training_prompt
 
-__all__ = ["trainable_table", "mix_table", "draw_batch", "batch_figure", "loss_table", "mini_run",
+__all__ = ["trainable_table", "mix_table", "draw_batch", "batch_figure", "loss_table", "mini_run", "validation_iou",
            "load_shipped", "before_after"]
 
 
@@ -113,7 +113,7 @@ def loss_table(model: SamModel, cache, batch: Sequence[dict], iou_loss_weight: f
                      "actual IoU": float(actual[best]), "predicted IoU": float(scores[best]),
                      "IoU-head MSE": mse, "loss": total})
     table = pd.DataFrame(rows)
-    table.loc["batch mean"] = ["", "", np.nan, np.nan, *table[["Dice", "BCE", "actual IoU", "predicted IoU",
+    table.loc["batch mean"] = ["", "", "", "", *table[["Dice", "BCE", "actual IoU", "predicted IoU",
                                                                "IoU-head MSE", "loss"]].mean()]
     return table.round(4)
 
@@ -129,6 +129,15 @@ def mini_run(config: FinetuneConfig, out: str | Path, data: str | None = None, c
         finetune(config, out, data=data, device="cpu", cache_dir=cache_dir, progress=False,
                  command="samhw.tuning.mini_run")
     return json.loads((out / "log.json").read_text())
+
+
+def validation_iou(model: SamModel, cache, dataset: Dataset, prompts: Sequence[str]) -> float:
+    """Mean validation IoU over ``prompts`` (seed 0), as ``finetune`` scores an epoch, quietly."""
+    from .train import validate
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        scores = validate(model, cache, dataset, prompts)
+    return float(np.mean(list(scores.values())))
 
 
 def load_shipped(name: str = "litemedsam-lgg", device: str = "cpu") -> tuple[SamModel | None, str]:
