@@ -68,8 +68,8 @@ def shipped_names() -> dict[str, str]:
 
 
 def is_shipped(value: str | os.PathLike | None) -> bool:
-    """True when ``value`` names a shipped model rather than a file (an existing file always wins)."""
-    return value is not None and str(value) in shipped_names() and not Path(value).exists()
+    """True when ``value`` names a shipped model rather than a file (an existing file of that name wins)."""
+    return value is not None and str(value) in shipped_names() and not Path(value).is_file()
 
 
 def resolve(name: str, checkpoint: str | os.PathLike | None) -> tuple[str, str | os.PathLike | None, str | None]:
@@ -126,17 +126,20 @@ def origin(meta: dict) -> str:
     val = meta.get("validation", {})
     test = meta.get("test", {})
     scores = test.get("iou") if isinstance(test, dict) else None
-    tested = (", test " + ", ".join(f"{p} {v:.3f}" for p, v in list(scores.items())[:3])) if scores else ", test scores absent"
+    shown = [p for p in ("box:0", "center_gaussian", "random_gaussian") if p in (scores or {})] or list(scores or {})[:3]
+    tested = (", test IoU " + ", ".join(f"{p} {scores[p]:.3f}" for p in shown)) if scores else ", test scores absent"
+    score = f"{val['mean']:.4f}" if isinstance(val.get("mean"), (int, float)) else "unknown"
     return (f"{meta['name']}: {meta['model']} with its {' and '.join(meta['parts'])} fine-tuned by "
-            f"`{meta.get('command')}` on {meta.get('device')} (best validation IoU {val.get('mean', float('nan')):.4f} "
+            f"`{meta.get('command')}` on {meta.get('device')} (best validation IoU {score} "
             f"at epoch {val.get('epoch')}{tested}); {meta['file']} sha256 {meta['sha256'][:12]}")
 
 
 def apply_shipped(model: SamModel, name: str) -> SamModel:
     """Put shipped model ``name``'s tensors (fp32) onto ``model``, which holds its base weights.
 
-    Checks the file's sha256 against the sidecar and the base weights' fingerprint; sets ``model.checkpoint`` to ``name`` (what worker processes load again) and
-    ``model.meta`` to the sidecar, with ``origin`` the one-line summary.
+    Checks the file's sha256 against the sidecar and the base weights' fingerprint; sets
+    ``model.checkpoint`` to ``name`` (what worker processes load again) and ``model.meta`` to the
+    sidecar, with ``origin`` the one-line summary.
     """
     meta = sidecar(name)
     path = weights_dir() / meta.get("file", f"{name}.safetensors")
@@ -203,7 +206,8 @@ def _test_scores(results: Path, fingerprints: dict[str, str]) -> dict:
     return {"of": which, "file": _shown(path), "command": study.get("command"),
             "slices": study.get("splits", {}).get("test", {}).get("slices"),
             "patients": study.get("splits", {}).get("test", {}).get("patients"),
-            "iou": {r["prompt"]: round(float(r["iou"]), 4) for r in rows if "iou" in r}}
+            "iou": {r["prompt"]: round(float(r["iou"]), 4) for r in rows if "iou" in r},
+            "iou_patient": {r["prompt"]: round(float(r["iou_patient"]), 4) for r in rows if r.get("iou_patient") is not None}}
 
 
 def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", results: str | os.PathLike | None = None,
@@ -223,7 +227,7 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
     if dtype not in _DTYPES:
         raise ModelError(f"--dtype {dtype}: use fp16 or fp32")
     path = Path(checkpoint)
-    state, meta = read_checkpoint(path)
+    _, meta = read_checkpoint(path)
     if meta.get("format") != CHECKPOINT_FORMAT or "options" not in meta:
         raise ModelError(f"{path}: not a samhw fine-tuning checkpoint (it has no training options); export "
                          "best.pt of a `python -m samhw finetune` run")
@@ -276,5 +280,5 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
 
     folder.mkdir(parents=True, exist_ok=True)
     for file, content in ((target, data), (side, (json.dumps(record, indent=1) + "\n").encode())):
-        _save_atomic(file, lambda handle: handle.write(content))
+        _save_atomic(file, lambda handle, content=content: handle.write(content))
     return record

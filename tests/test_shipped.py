@@ -52,7 +52,8 @@ def test_export_writes_the_trained_parts_and_a_sidecar_that_describes_them(check
     tuned = load_model("litemedsam", checkpoint, device="cpu")
     (results / "summary.json").write_text(json.dumps({
         "weights_sha256": tuned.fingerprint(), "command": "python -m samhw study", "splits": {"test": {"slices": 3}},
-        "summary": [{"split": "test", "prompt": "box:0", "iou": 0.81}, {"split": "train", "prompt": "box:0", "iou": 0.9}]}))
+        "summary": [{"split": "test", "prompt": "box:0", "iou": 0.81, "iou_patient": 0.79},
+                    {"split": "train", "prompt": "box:0", "iou": 0.9, "iou_patient": 0.88}]}))
     record = shipped.export(checkpoint, NAME, results=results)
     data = (weights / f"{NAME}.safetensors").read_bytes()
     side = json.loads((weights / f"{NAME}.json").read_text())
@@ -65,6 +66,8 @@ def test_export_writes_the_trained_parts_and_a_sidecar_that_describes_them(check
     assert side["command"] == "python -m samhw finetune --epochs 2" and side["device"] == "cpu"
     assert side["split"]["patients"] == {"train": 2, "val": 1}
     assert side["test"]["of"] == "checkpoint" and side["test"]["iou"] == {"box:0": 0.81}
+    assert side["test"]["iou_patient"] == {"box:0": 0.79}
+    assert "validation IoU 0.6000 at epoch 2, test IoU box:0 0.810)" in shipped.origin(side)
     # the same export again is allowed (same bytes); other weights only with replace
     assert shipped.export(checkpoint, NAME)["sha256"] == side["sha256"]
     assert shipped.export(checkpoint, NAME)["test"] == {"absent": "no results folder given"}
@@ -118,7 +121,7 @@ def test_shipped_model_loads_by_name_with_the_checkpoints_masks(checkpoint, weig
             for model in (tuned, by_name, base):
                 points, boxes = model.prompt_tensors(prompts, item.mask.shape)
                 with torch.inference_mode():
-                    low, scores = model.decode(embedding, points, boxes, multimask)
+                    low, _ = model.decode(embedding, points, boxes, multimask)
                     logits.append(model.postprocess(low, item.mask.shape)[0])
             a, b, c = (x > 0 for x in logits)
             worst_logit = max(worst_logit, float((logits[0] - logits[1]).abs().max()))
