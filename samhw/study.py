@@ -217,7 +217,6 @@ def run_study(
         split_started = time.time()
         cached_before = cache.count()
         partial = _subset_config(out, split, config) if reuse else None
-        split_command = command
         with PeakMemory(model.device) as memory:
             if partial is None:
                 evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
@@ -232,13 +231,17 @@ def run_study(
                 merge_rows(out / f"rows_{split}.csv", extra, out / f"rows_{split}.csv",
                            config["slices"], config["prompts"])
                 extra.unlink()
-                split_command = f"{partial['command']}; then {command}"
-        records[split] = {"slices": len(dataset), "patients": len(dataset.patients), "empty_left_out": dataset.empty,
-                          "skipped": [f"{p}: {why}" for p, why in dataset.skipped], "limit": limit,
-                          "data": str(dataset.root), "command": split_command,
-                          "elapsed_s": round(time.time() - split_started + (partial or {}).get("elapsed_s", 0), 1),
-                          "embeddings_computed": cache.count() - cached_before,
-                          "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb), "config": config}
+        run = {"command": command, "elapsed_s": round(time.time() - split_started, 1),
+               "embeddings_computed": cache.count() - cached_before,
+               "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb)}
+        if partial is None:
+            records[split] = {"slices": len(dataset), "patients": len(dataset.patients),
+                              "empty_left_out": dataset.empty,
+                              "skipped": [f"{p}: {why}" for p, why in dataset.skipped], "limit": limit,
+                              "data": str(dataset.root), **run, "config": config}
+        else:  # the first run's figures stay; each extension is recorded with the prompts it added
+            added = {**run, "prompts": [s.name for s in missing]}
+            records[split] = {**partial, "extensions": [*partial.get("extensions", []), added], "config": config}
         (out / f"rows_{split}.json").write_text(json.dumps(records[split], indent=1) + "\n")
     for split, record in _earlier_splits(out, config, splits).items():
         tqdm.write(f"also summarising {split} from rows_{split}.csv (same model, prompts and seeds; made by "

@@ -142,3 +142,4 @@ def test_study_with_a_new_experiment_evaluates_only_its_prompts_and_matches_a_fu
     assert not (extended / "rows_test.extra.csv").exists()
     record = json.loads((extended / "rows_test.json").read_text())
     assert record["config"]["prompts"] == [*EXPERIMENTS["E1"], *EXPERIMENTS["E6"]]
+    assert record["command"].endswith("--experiments E1") and record["extensions"][0]["prompts"] == EXPERIMENTS["E6"]
