@@ -197,9 +197,9 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    specs = parse_prompts(list(starts))
     model = load_model(model_name, checkpoint, device, plain=plain, cache_dir=cache_dir)
     cache = EmbeddingCache(model, cache_dir)
-    specs = parse_prompts(list(starts))
     seed_list = list(range(seeds))
     workers = workers or min(os.cpu_count() or 1, 8)
     frames = []
