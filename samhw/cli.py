@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(study)
     study.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test", "all"],
                        help="splits to evaluate (default: test)")
-    study.add_argument("--experiments", nargs="+", default=["E1", "E2", "E3"], choices=["E1", "E2", "E3"])
+    study.add_argument("--experiments", nargs="+", default=["E1", "E2", "E3", "E6"], choices=["E1", "E2", "E3", "E6"])
     study.add_argument("--out", help="results folder (default results/<model>)")
     study.add_argument("--readme", help="also rewrite the results table of this README")
     study.add_argument("--finetuned", metavar="CHECKPOINT",
