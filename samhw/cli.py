@@ -103,6 +103,29 @@ def _cmd_refine(args: argparse.Namespace) -> None:
           + (f" (and fig_e5_clicks_compare.png against {compare})" if compare else ""))
 
 
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from .data import DataError
+    from .imageio import make_prompt, overlay, read_slice, write_mask
+    from .models import load_model
+
+    image = read_slice(args.image, args.slice)
+    prompt = make_prompt(image.shape[:2], args.point or (), args.negative or (), args.box)
+    out = Path(args.out)
+    overlay_path = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_overlay.png")
+    for path in (out, overlay_path):
+        if not path.parent.is_dir():
+            raise DataError(path.parent, f"no such folder for {path.name}; create it or pick another --out")
+    model = load_model(args.model, args.checkpoint, args.device)
+    multimask = prompt.box is None and len(prompt.labels) == 1  # SAM's rule for a lone point
+    masks, scores = model.predict(model.encode(image[None]), [prompt], image.shape[:2], multimask)
+    write_mask(out, masks[0])
+    Image.fromarray(overlay(image, masks[0], prompt)).save(overlay_path)
+    print(f"mask: {int(masks[0].sum())} of {masks[0].size} pixels, predicted IoU {float(scores[0]):.3f} "
+          f"({'best of 3' if multimask else 'single mask'}); wrote {out} and {overlay_path}")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import results_block, update_readme
 
@@ -232,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--plain", action="store_true", help="reference eager PyTorch path: slower, same masks")
     refine.add_argument("--quiet", action="store_true", help="no progress bars")
     refine.set_defaults(func=_cmd_refine)
+
+    segment = sub.add_parser("segment", help="segment your own slice (PNG, JPEG, TIFF, .npy, NIfTI) from points and a box")
+    segment.add_argument("image", help="a PNG, JPEG, TIFF or .npy slice of any size, or a NIfTI volume with --slice")
+    segment.add_argument("--slice", type=int, metavar="K", help="slice index along a NIfTI volume's third axis")
+    segment.add_argument("--point", nargs=2, type=float, action="append", metavar=("X", "Y"),
+                         help="a positive point at column X, row Y (repeatable)")
+    segment.add_argument("--negative", nargs=2, type=float, action="append", metavar=("X", "Y"),
+                         help="a negative (background) point (repeatable)")
+    segment.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                         help="a box of pixel indices, corners included")
+    segment.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
+    segment.add_argument("--checkpoint", help="weights: a fine-tuned samhw checkpoint or an official SAM file")
+    segment.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    segment.add_argument("--out", required=True, help="the mask PNG (255 on the mask)")
+    segment.add_argument("--overlay", help="the overlay PNG (default: <out>_overlay.png beside the mask)")
+    segment.set_defaults(func=_cmd_segment)
 
     report = sub.add_parser("report", help="print a results folder as Markdown, or write it into the README")
     report.add_argument("results", nargs="+", help="a folder written by study, e.g. results/litemedsam; or two, "
