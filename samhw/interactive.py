@@ -208,7 +208,7 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
         dataset = load_dataset(data, split, limit=limit)
         tqdm.write(dataset.report(), file=sys.stderr)
         path = out / f"e5_rows_{split}.csv"
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.name + ".part")  # ignored by git until complete
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=E5_FIELDS, lineterminator="\n")
             writer.writeheader()
