@@ -86,7 +86,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
 
 def _cmd_refine(args: argparse.Namespace) -> None:
-    from .interactive import E5_ALL_STARTS, run_e5
+    from .interactive import E5_ALL_STARTS, run_e5, summarize_e5
 
     starts = E5_ALL_STARTS if args.starts == ["all"] else args.starts
     out = Path(args.out or (f"results/{args.model}-finetuned" if args.checkpoint else f"results/{args.model}"))
@@ -95,6 +95,9 @@ def _cmd_refine(args: argparse.Namespace) -> None:
     if compare is None and out.resolve() != pretrained.resolve() and (pretrained / "e5_curve.csv").is_file():
         compare = str(pretrained)
     variants = {"both": (True, False), "yes": (True,), "no": (False,)}[args.mask_input]
+    if args.summarize:
+        summarize_e5(out, compare, args.clicks)
+        return
     run_e5(out, data=args.data, splits=args.splits, model_name=args.model, checkpoint=args.checkpoint, starts=starts,
            seeds=args.seeds, variants=variants, max_clicks=args.clicks, device=args.device, cache_dir=args.cache,
            limit=args.limit, workers=args.workers, plain=args.plain, progress=not args.quiet,
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with --checkpoint)")
     refine.add_argument("--compare", metavar="DIR", help="another E5 folder to draw beside this one (default: "
                         "results/<model> when writing elsewhere and it has E5 results)")
+    refine.add_argument("--summarize", action="store_true",
+                        help="only rebuild the tables and figures from the e5_rows_*.csv already in --out")
     refine.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
     refine.add_argument("--cache", help="embedding cache folder (default: $SAMHW_CACHE, else ~/.cache/samhw)")
     refine.add_argument("--limit", type=_positive_int, help="only N tumor slices of each split (quick runs)")

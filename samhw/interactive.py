@@ -29,13 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache
-from .data import Slice, load_dataset
+from .data import DataError, Slice, load_dataset
 from .metrics import scores_from_counts
 from .models import SamModel, load_model, single_thread
 from .prompts import Prompt, PromptSpec, Target, parse_prompts
 from .refine import MAX_CLICKS, curve_table, format_tables, next_click, noc_table
 
-__all__ = ["Decoded", "Session", "E5_STARTS", "E5_ALL_STARTS", "E5_FIELDS", "refine_slice", "run_e5", "read_e5_rows"]
+__all__ = ["Decoded", "Session", "E5_STARTS", "E5_ALL_STARTS", "E5_FIELDS", "refine_slice", "trace_refinement", "run_e5",
+           "summarize_e5", "read_e5_rows"]
 
 #: First prompts of the default E5 run (the one timed against the 5-minute target).
 E5_STARTS = ["center_inside", "box:0", "box:20"]
@@ -141,6 +142,30 @@ def refine_slice(model: SamModel, embedding: torch.Tensor, item: Slice, specs: S
     return rows
 
 
+def trace_refinement(model: SamModel, embedding: torch.Tensor, item: Slice, start: str, seed: int = 0,
+                     mask_input: bool = True, max_clicks: int = MAX_CLICKS) -> list[dict]:
+    """One E5 run on one slice, kept for display: per k the ``prompt`` (every point so far, the box),
+    the predicted ``mask``, its ``iou``, SAM's ``pred_iou`` and the ``click`` added (None at k = 0).
+    The same decodes as :func:`refine_slice`."""
+    spec = PromptSpec.parse(start)
+    first = spec.draw(Target(item.mask, item.image, item.slice_id), seed)
+    with single_thread(model.device):
+        session = Session(model, embedding, item.mask.shape)
+        decoded, prompt, click = session.decode(first, None, multimask=spec.multimask), first, None
+        steps = []
+        for k in range(max_clicks + 1):
+            if k:
+                click = next_click(item.mask, decoded.mask)
+                if click is not None:
+                    prompt = Prompt(np.vstack([prompt.points, click.point[None]]), np.append(prompt.labels, click.label),
+                                    first.box)
+                    decoded = session.decode(prompt, decoded.low_res if mask_input else None, multimask=False)
+            inter = int(np.count_nonzero(decoded.mask & item.mask))
+            steps.append({"k": k, "prompt": prompt, "mask": decoded.mask, "click": click, "pred_iou": decoded.score,
+                          "iou": scores_from_counts(inter, int(decoded.mask.sum()), int(item.mask.sum()))[0]})
+    return steps
+
+
 _WORKER: dict = {}
 
 
@@ -193,8 +218,6 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
     ``compare``: another model's E5 folder (the pretrained one beside a fine-tuned run) whose
     curves are drawn with these in ``fig_e5_clicks_compare.png``.
     """
-    from . import plots
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = parse_prompts(list(starts))
@@ -202,7 +225,6 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
     cache = EmbeddingCache(model, cache_dir)
     seed_list = list(range(seeds))
     workers = workers or min(os.cpu_count() or 1, 8)
-    frames = []
     for split in splits:
         started = time.time()
         dataset = load_dataset(data, split, limit=limit)
@@ -223,17 +245,30 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
                   "seeds": seed_list, "mask_input": [bool(v) for v in variants], "max_clicks": max_clicks,
                   "workers": workers, "elapsed_s": round(time.time() - started, 1)}
         (out / f"e5_rows_{split}.json").write_text(json.dumps(record, indent=1) + "\n")
-        frames.append(read_e5_rows(path))
-    rows = pd.concat(frames, ignore_index=True)
+    return summarize_e5(out, compare, max_clicks)
+
+
+def summarize_e5(out: str | os.PathLike, compare: str | os.PathLike | None = None,
+                 max_clicks: int = MAX_CLICKS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From the ``e5_rows_<split>.csv`` in ``out``: ``e5_curve.csv``, ``e5_noc.csv``, ``e5_tables.md``
+    and ``fig_e5_clicks.png`` (and ``fig_e5_clicks_compare.png`` with ``compare``, another E5 folder);
+    returns (curve, NoC) tables."""
+    from . import plots
+
+    out = Path(out)
+    paths = sorted(out.glob("e5_rows_*.csv"))
+    if not paths:
+        raise DataError(out, "no e5_rows_<split>.csv here: run `python -m samhw refine` first")
+    rows = pd.concat([read_e5_rows(p) for p in paths], ignore_index=True)
     curve, noc = curve_table(rows), noc_table(rows, max_clicks)
     curve.to_csv(out / "e5_curve.csv", index=False, float_format="%.6f")
     noc.to_csv(out / "e5_noc.csv", index=False, float_format="%.6f")
     (out / "e5_tables.md").write_text(format_tables(curve, noc))
-    label = out.name
+    label = out.resolve().name
     plots.save(plots.refinement_curves({label: curve}), out / "fig_e5_clicks.png")
     if compare is not None:
         other = pd.read_csv(Path(compare) / "e5_curve.csv")
-        plots.save(plots.refinement_curves({Path(compare).name: other, label: curve}),
+        plots.save(plots.refinement_curves({Path(compare).resolve().name: other, label: curve}),
                    out / "fig_e5_clicks_compare.png")
     print(format_tables(curve, noc))
     return curve, noc

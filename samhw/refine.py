@@ -34,6 +34,7 @@ __all__ = [
     "bootstrap_patients",
     "noc_table",
     "curve_table",
+    "summary_table",
     "format_tables",
 ]
 
@@ -193,23 +194,34 @@ def _cell(mean: float, lo: float, hi: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if np.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
 
 
+def summary_table(curve: pd.DataFrame, noc: pd.DataFrame, ks: Sequence[int] = (0, 1, 3, 5, 10, 20)) -> pd.DataFrame:
+    """One row per (split, start, mask_input): mIoU after each k in ``ks`` and NoC@80/85/90, patient
+    level, as text ``mean [low, high]`` (95% bootstrap interval over patients), and the share of
+    slices that reach 90% IoU within the clicks."""
+    out = []
+    for _, r in noc.iterrows():
+        run = curve[(curve["split"] == r["split"]) & (curve["start"] == r["start"])
+                    & (curve["mask_input"] == r["mask_input"])].set_index("k")
+        row = {"split": r["split"], "start": r["start"], "mask_input": "yes" if r["mask_input"] else "no"}
+        row.update({f"mIoU k={k}": _cell(*run.loc[k, ["miou_patient", "miou_patient_lo", "miou_patient_hi"]], 3)
+                    for k in ks if k in run.index})
+        for t in NOC_THRESHOLDS:
+            c = f"noc{round(t * 100)}"
+            row[f"NoC@{round(t * 100)}"] = _cell(r[f"{c}_patient"], r[f"{c}_patient_lo"], r[f"{c}_patient_hi"], 1)
+        row["reached 90%"] = f"{r['reached90']:.0%}"
+        row["slices"], row["patients"] = int(r["slices"]), int(r["patients"])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def format_tables(curve: pd.DataFrame, noc: pd.DataFrame, ks: Sequence[int] = (0, 1, 3, 5, 10, 20)) -> str:
-    """Markdown: mIoU after k clicks and NoC per start, patient level with 95% bootstrap intervals."""
+    """:func:`summary_table` as Markdown, one table per split."""
+    table = summary_table(curve, noc, ks)
     lines = []
-    for split, group in noc.groupby("split", sort=False):
-        c = curve[curve["split"] == split]
-        header = ["start", "mask_input", *[f"mIoU k={k}" for k in ks],
-                  *[f"NoC@{round(t * 100)}" for t in NOC_THRESHOLDS], "slices", "patients"]
-        lines += [f"**{split} split** (patient level: mean over patients, 95% bootstrap interval over patients)", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for _, r in group.iterrows():
-            run = c[(c["start"] == r["start"]) & (c["mask_input"] == r["mask_input"])].set_index("k")
-            cells = [r["start"], "yes" if r["mask_input"] else "no"]
-            cells += [_cell(*run.loc[k, ["miou_patient", "miou_patient_lo", "miou_patient_hi"]], 3)
-                      if k in run.index else "" for k in ks]
-            cells += [_cell(r[f"noc{round(t * 100)}_patient"], r[f"noc{round(t * 100)}_patient_lo"],
-                            r[f"noc{round(t * 100)}_patient_hi"], 2) for t in NOC_THRESHOLDS]
-            cells += [str(r["slices"]), str(r["patients"])]
-            lines.append("| " + " | ".join(cells) + " |")
+    for split, group in table.groupby("split", sort=False):
+        group = group.drop(columns="split")
+        lines += [f"**{split} split**: means over patients, 95% bootstrap interval over patients in brackets", "",
+                  "| " + " | ".join(group.columns) + " |", "|" + "---|" * len(group.columns)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in group.itertuples(index=False)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

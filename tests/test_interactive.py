@@ -99,3 +99,16 @@ def test_cli_refine_is_deterministic_and_writes_its_tables(data_dir, cache_dir, 
 def test_cli_refine_unknown_start_is_a_clear_error(capsys):
     assert main(["refine", "--starts", "nowhere", "--limit", "1"]) == 2
     assert "error: unknown prompt 'nowhere'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trace_gives_the_rows_decodes(lite_model, real_slices, cache_dir):
+    from samhw.interactive import trace_refinement
+
+    item = real_slices.slices[3]
+    embedding = EmbeddingCache(lite_model, cache_dir).get(item.image)
+    rows = refine_slice(lite_model, embedding, item, parse_prompts(["center_mask"]), [0], "test", (True,), max_clicks=3)
+    steps = trace_refinement(lite_model, embedding, item, "center_mask", 0, True, max_clicks=3)
+    assert [round(s["iou"], 8) for s in steps] == [r["iou"] for r in rows]
+    assert [len(s["prompt"].labels) for s in steps] == [1, 2, 3, 4]
+    assert [(s["click"].x, s["click"].y) for s in steps[1:]] == [(r["click_x"], r["click_y"]) for r in rows[1:]]

@@ -108,7 +108,7 @@ def test_tables_count_clicks_per_slice_and_average_over_patients():
     assert first["miou"] == pytest.approx((0.5 + 0.75 + 0.875) / 3)
     assert first["miou_patient"] == pytest.approx((0.625 + 0.875) / 2)
     text = format_tables(curve, noc_table(rows))
-    assert "| box:0 | yes |" in text and "NoC@90" in text
+    assert "| box:0 | yes |" in text and "NoC@90" in text and "| 100% |" in text
 
 
 def test_refine_imports_neither_torch_nor_views():
