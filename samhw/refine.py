@@ -145,7 +145,7 @@ def _per_slice_noc(rows: pd.DataFrame, max_clicks: int) -> pd.DataFrame:
     """One row per (split, start, mask_input, seed, slice): NoC at each threshold."""
     out = []
     keys = [*_RUN, "seed", "patient", "slice"]
-    for key, group in rows.sort_values("k").groupby(keys, sort=False):
+    for key, group in rows.sort_values("k", kind="stable").groupby(keys, sort=False):
         ious = group["iou"].to_numpy()
         out.append({**dict(zip(keys, key)),
                     **{f"noc{round(t * 100)}": clicks_to_reach(ious, t, max_clicks) for t in NOC_THRESHOLDS}})
