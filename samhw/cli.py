@@ -1,4 +1,4 @@
-"""Command line: ``python -m samhw {study,evaluate,finetune,report,bench,split} ...`` (``--help`` on each)."""
+"""Command line: ``python -m samhw {study,evaluate,refine,segment,finetune,report,bench,split} ...`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,50 @@ def _cmd_study(args: argparse.Namespace) -> None:
     if args.readme:
         changed = update_readme(args.readme, *dirs)
         print(f"{'updated' if changed else 'unchanged'}: results table in {args.readme}")
+
+
+def _cmd_refine(args: argparse.Namespace) -> None:
+    from .interactive import E5_ALL_STARTS, run_e5, summarize_e5
+
+    starts = E5_ALL_STARTS if args.starts == ["all"] else args.starts
+    out = Path(args.out or (f"results/{args.model}-finetuned" if args.checkpoint else f"results/{args.model}"))
+    compare = args.compare
+    pretrained = Path(f"results/{args.model}")
+    if compare is None and out.resolve() != pretrained.resolve() and (pretrained / "e5_curve.csv").is_file():
+        compare = str(pretrained)
+    variants = {"both": (True, False), "yes": (True,), "no": (False,)}[args.mask_input]
+    if args.summarize:
+        summarize_e5(out, compare, args.clicks)
+        return
+    run_e5(out, data=args.data, splits=args.splits, model_name=args.model, checkpoint=args.checkpoint, starts=starts,
+           seeds=args.seeds, variants=variants, max_clicks=args.clicks, device=args.device, cache_dir=args.cache,
+           limit=args.limit, workers=args.workers, plain=args.plain, progress=not args.quiet,
+           command="python -m samhw " + " ".join(args.argv), compare=compare)
+    print(f"wrote {out}/e5_rows_*.csv, e5_curve.csv, e5_noc.csv, e5_tables.md and fig_e5_clicks.png"
+          + (f" (and fig_e5_clicks_compare.png against {compare})" if compare else ""))
+
+
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from .data import DataError
+    from .imageio import make_prompt, overlay, read_slice, write_mask
+    from .models import load_model
+
+    image = read_slice(args.image, args.slice)
+    prompt = make_prompt(image.shape[:2], args.point or (), args.negative or (), args.box)
+    out = Path(args.out)
+    overlay_path = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_overlay.png")
+    for path in (out, overlay_path):
+        if not path.parent.is_dir():
+            raise DataError(path.parent, f"no such folder for {path.name}; create it or pick another --out")
+    model = load_model(args.model, args.checkpoint, args.device)
+    multimask = prompt.box is None and len(prompt.labels) == 1  # SAM's rule for a lone point
+    masks, scores = model.predict(model.encode(image[None]), [prompt], image.shape[:2], multimask)
+    write_mask(out, masks[0])
+    Image.fromarray(overlay(image, masks[0], prompt)).save(overlay_path)
+    print(f"mask: {int(masks[0].sum())} of {masks[0].size} pixels, predicted IoU {float(scores[0]):.3f} "
+          f"({'best of 3' if multimask else 'single mask'}); wrote {out} and {overlay_path}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -207,6 +251,49 @@ def build_parser() -> argparse.ArgumentParser:
                                "center_gaussian center_mask+background random_gaussian:sigma=50")
     evaluate.add_argument("--out", help="CSV file (default runs/evaluate_<model>_<split>.csv)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    refine = sub.add_parser("refine", help="E5: a first prompt, then correction clicks (mIoU after k clicks, NoC)")
+    refine.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
+    refine.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
+    refine.add_argument("--checkpoint", help="weights (a fine-tuned checkpoint: results go to results/<model>-finetuned)")
+    refine.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test", "all"])
+    refine.add_argument("--starts", nargs="+", default=["center_inside", "box:0", "box:20"],
+                        help="first prompts (default: center_inside box:0 box:20); 'all' for every E5 start "
+                             "(each E2/E3 single point as well)")
+    refine.add_argument("--seeds", type=_positive_int, default=1, help="seeds of a random start (default 1)")
+    refine.add_argument("--clicks", type=_positive_int, default=20, help="correction clicks (default 20)")
+    refine.add_argument("--mask-input", choices=["both", "yes", "no"], default="both",
+                        help="feed the previous low-resolution logits back as mask_input: both variants (default), "
+                             "yes or no")
+    refine.add_argument("--out", help="results folder (default results/<model>, or results/<model>-finetuned "
+                                      "with --checkpoint)")
+    refine.add_argument("--compare", metavar="DIR", help="another E5 folder to draw beside this one (default: "
+                        "results/<model> when writing elsewhere and it has E5 results)")
+    refine.add_argument("--summarize", action="store_true",
+                        help="only rebuild the tables and figures from the e5_rows_*.csv already in --out")
+    refine.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    refine.add_argument("--cache", help="embedding cache folder (default: $SAMHW_CACHE, else ~/.cache/samhw)")
+    refine.add_argument("--limit", type=_positive_int, help="only N tumor slices of each split (quick runs)")
+    refine.add_argument("--workers", type=_positive_int, help="worker processes on the CPU (default: one per core)")
+    refine.add_argument("--plain", action="store_true", help="reference eager PyTorch path: slower, same masks")
+    refine.add_argument("--quiet", action="store_true", help="no progress bars")
+    refine.set_defaults(func=_cmd_refine)
+
+    segment = sub.add_parser("segment", help="segment your own slice (PNG, JPEG, TIFF, .npy, NIfTI) from points and a box")
+    segment.add_argument("image", help="a PNG, JPEG, TIFF or .npy slice of any size, or a NIfTI volume with --slice")
+    segment.add_argument("--slice", type=int, metavar="K", help="slice index along a NIfTI volume's third axis")
+    segment.add_argument("--point", nargs=2, type=float, action="append", metavar=("X", "Y"),
+                         help="a positive point at column X, row Y (repeatable)")
+    segment.add_argument("--negative", nargs=2, type=float, action="append", metavar=("X", "Y"),
+                         help="a negative (background) point (repeatable)")
+    segment.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                         help="a box of pixel indices, corners included")
+    segment.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
+    segment.add_argument("--checkpoint", help="weights: a fine-tuned samhw checkpoint or an official SAM file")
+    segment.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    segment.add_argument("--out", required=True, help="the mask PNG (255 on the mask)")
+    segment.add_argument("--overlay", help="the overlay PNG (default: <out>_overlay.png beside the mask)")
+    segment.set_defaults(func=_cmd_segment)
 
     report = sub.add_parser("report", help="print a results folder as Markdown, or write it into the README")
     report.add_argument("results", nargs="+", help="a folder written by study, e.g. results/litemedsam; or two, "

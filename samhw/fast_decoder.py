@@ -124,6 +124,32 @@ class FastDecoder:
         # a stride of N (the first image-to-token attention's residual), a fifth of the transformer's time.
         return ImageContext(keys.contiguous(), pos, k1, v1, q1, (h, w), folded)
 
+    def with_mask(self, ctx: ImageContext, mask_input: torch.Tensor) -> ImageContext:
+        """The context of the same image with a mask prompt: ``mask_input`` (1, 1, 4h, 4w) logits
+        (a previous output's low-resolution mask), whose embedding replaces the no-mask embedding.
+
+        The mask embedding ends in a 1x1 convolution, ``W3 g + b3`` over ``g`` (1, 16, h, w), so its
+        share of the first layer's image projections is ``(W W3) g``: 16 channels in place of 256,
+        added to the context's (the image-side work is not redone).
+        """
+        downscale = self.pe.mask_downscaling
+        g = downscale[:-1](mask_input).flatten(2).transpose(1, 2)[0]  # (N, 16)
+        last = downscale[-1]
+        w3 = last.weight.flatten(1)  # (C, 16)
+        shift = last.bias - self.pe.no_mask_embed.weight[0]  # (C,): what replaces the no-mask embedding
+
+        def projected(linear: torch.nn.Linear) -> torch.Tensor:  # linear(keys') - linear(keys), (N, out)
+            return torch.addmm(linear.weight @ shift, g, (linear.weight @ w3).t())
+
+        first = self.md.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        scale = 1.0 / math.sqrt(t2i.internal_dim // self.heads)
+        keys = ctx.keys + torch.addmm(shift, g, w3.t())
+        k1 = ctx.k1 + _heads(projected(t2i.k_proj) * scale, self.heads)
+        v1 = ctx.v1 + _heads(projected(t2i.v_proj), self.heads)
+        q1 = ctx.q1 + (projected(i2t.q_proj) * scale).t()
+        return ImageContext(keys.contiguous(), ctx.pos, k1, v1, q1.contiguous(), ctx.size, ctx.folded)
+
     # -- attention pieces
 
     def _token_to_image(self, attn: Attention, f: dict, q: torch.Tensor, keys: torch.Tensor,

@@ -19,7 +19,7 @@ from .prompts import Prompt
 
 __all__ = ["draw_prediction", "margin_curves", "strategy_bars", "gallery", "save", "draw_weights", "weight_grid",
            "mask_outputs", "positional_encoding", "sam_dataflow", "zoom_to",
-           "embedding_picture"]
+           "embedding_picture", "refinement_curves", "refinement_steps"]
 
 FG, BG, TRUTH, PRED = "#2ecc40", "#ff4136", "#ffdc00", "#0074d9"
 
@@ -97,6 +97,50 @@ def strategy_bars(summary: pd.DataFrame, by: Sequence[str] = ("split",)) -> Figu
     ax.grid(axis="x", alpha=0.3)
     if groups:  # none when the study ran E1 only
         ax.legend(fontsize=8)
+    return fig
+
+
+def refinement_curves(curves: dict[str, pd.DataFrame], level: str = "patient") -> Figure:
+    """E5: mean IoU against the number of correction clicks k, one panel per split and one curve per
+    start and model (``curves``: model label -> ``samhw.refine.curve_table``); solid with the previous
+    logits as ``mask_input``, dashed without; a band for the patient-level 95% interval."""
+    suffix = "_patient" if level == "patient" else ""
+    splits = list(dict.fromkeys(s for c in curves.values() for s in c["split"]))
+    fig, axes = plt.subplots(1, len(splits), figsize=(7 * len(splits), 4.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, split in zip(axes[0], splits):
+        n, color_of = 0, {}
+        for model, curve in curves.items():
+            for (start, with_mask), group in curve[curve["split"] == split].groupby(["start", "mask_input"], sort=False):
+                color = color_of.setdefault((model, start), colors[len(color_of) % len(colors)])
+                group = group.sort_values("k")
+                line, = ax.plot(group["k"], group[f"miou{suffix}"], ls="-" if with_mask else "--", color=color,
+                                marker="." if with_mask else None,
+                                label=f"{model}: {start}" + ("" if with_mask else " (no mask_input)"))
+                ax.fill_between(group["k"], group[f"miou{suffix}_lo"], group[f"miou{suffix}_hi"],
+                                color=line.get_color(), alpha=0.08)
+                n += 1
+        ax.set_xlabel("correction clicks k (k = 0: the first prompt alone)")
+        ax.set_ylabel(f"mean IoU ({'over patients' if level == 'patient' else 'over slices'})")
+        ax.set_title(f"E5: interactive refinement, {split} split")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if n > 8 else 1)
+    return fig
+
+
+def refinement_steps(image: np.ndarray, truth: np.ndarray, steps: Sequence[dict], columns: int = 5) -> Figure:
+    """E5 click by click on one slice: ``steps`` holds per k the ``prompt`` (all points so far, box),
+    the predicted ``mask`` and its ``iou``; the newest click is ringed."""
+    rows = -(-len(steps) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.7 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (ax, step) in enumerate(zip(axes.ravel(), steps)):
+        draw_prediction(ax, image, truth, step["mask"], step["prompt"], f"k={k}: IoU {step['iou']:.3f}")
+        if k and len(step["prompt"].points):
+            x, y = step["prompt"].points[-1]
+            ax.plot(x, y, marker="o", ms=16, mfc="none", mec="white", mew=1.2)
     return fig
 
 
