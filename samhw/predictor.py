@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .cache import EmbeddingCache
 from .models import SamModel, load_model, single_thread
 from .prompts import Prompt
-
-if TYPE_CHECKING:
-    from .cache import EmbeddingCache
 
 __all__ = ["Predictor", "as_slice_image", "read_slice_image"]
 
@@ -105,15 +103,12 @@ class Predictor:
                   device: str | torch.device | None = "auto", cache: EmbeddingCache | str | os.PathLike | bool | None = None,
                   decoder: str = "auto") -> Predictor:
         """Load model ``name`` (weights: ``checkpoint``, else its default) on ``device`` (``auto``:
-        cuda, then mps, then cpu). ``cache``: an EmbeddingCache, a folder for one, True for the
-        default folder (``samhw.cache.default_cache_dir``), or None for no cache."""
-        from .cache import EmbeddingCache
-
-        model = load_model(name, checkpoint, device, plain=decoder == "plain")
-        if cache is True:
-            cache = EmbeddingCache(model)
-        elif isinstance(cache, (str, os.PathLike)):
-            cache = EmbeddingCache(model, cache)
+        cuda, then mps, then cpu). ``cache``: an EmbeddingCache, a folder for one (the ONNX encoder
+        goes there too), True for the default folder (``samhw.cache.default_cache_dir``), or None."""
+        folder = cache if isinstance(cache, (str, os.PathLike)) else None
+        model = load_model(name, checkpoint, device, plain=decoder == "plain", cache_dir=folder)
+        if cache is True or folder is not None:
+            cache = EmbeddingCache(model, folder)
         elif cache is False:
             cache = None
         return cls(model, cache, decoder)
@@ -228,11 +223,10 @@ class Predictor:
                 raise ValueError(f"box {b.tolist()} is not [x_min, y_min, x_max, y_max] inside the {h}x{w} image "
                                  f"(H x W): need 0 <= x_min <= x_max <= {w} and 0 <= y_min <= y_max <= {h}")
             boxes = b
-        prompt = Prompt(points[0] if points else np.zeros((0, 2)), points[1] if points else np.zeros(0, np.int64),
-                        boxes)
         if points is None and boxes is None:
             return None, None
-        return self.model.prompt_tensors([prompt], self.original_size)
+        coords, labels = points if points is not None else (np.zeros((0, 2)), np.zeros(0, np.int64))
+        return self.model.prompt_tensors([Prompt(coords, labels, boxes)], self.original_size)
 
     def _mask_tensor(self, mask_input) -> torch.Tensor | None:
         if mask_input is None:

@@ -260,6 +260,8 @@ def test_clear_errors(lite_model):
     predictor.set_embedding(torch.zeros(1, 256, 64, 64), (100, 60))  # H=100, W=60
     with pytest.raises(ValueError, match="outside the 100x60"):
         predictor.predict(point_coords=np.array([[80.0, 10.0]]), point_labels=np.array([1]))  # x=80 >= W
+    with pytest.raises(ValueError, match="outside the 100x60"):
+        predictor.predict(point_coords=np.array([[60.0, 10.0]]), point_labels=np.array([1]))  # x=W: past the last pixel
     predictor.predict(point_coords=np.array([[10.0, 80.0]]), point_labels=np.array([1]))  # y=80 < H: fine
     cases = [
         (dict(point_coords=np.array([10.0, 20.0]), point_labels=np.array([1])), r"\(N, 2\)"),
