@@ -100,18 +100,15 @@ class Predictor:
 
     @classmethod
     def from_name(cls, name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,
-                  device: str | torch.device | None = "auto", cache: EmbeddingCache | str | os.PathLike | bool | None = None,
+                  device: str | torch.device | None = "auto", cache: str | os.PathLike | bool | None = None,
                   decoder: str = "auto") -> Predictor:
         """Load model ``name`` (weights: ``checkpoint``, else its default) on ``device`` (``auto``:
-        cuda, then mps, then cpu). ``cache``: an EmbeddingCache, a folder for one (the ONNX encoder
-        goes there too), True for the default folder (``samhw.cache.default_cache_dir``), or None."""
+        cuda, then mps, then cpu). ``cache``: a folder for an EmbeddingCache (the ONNX encoder goes
+        there too), True for the default folder (``samhw.cache.default_cache_dir``), or None."""
         folder = cache if isinstance(cache, (str, os.PathLike)) else None
         model = load_model(name, checkpoint, device, plain=decoder == "plain", cache_dir=folder)
-        if cache is True or folder is not None:
-            cache = EmbeddingCache(model, folder)
-        elif cache is False:
-            cache = None
-        return cls(model, cache, decoder)
+        embeddings = EmbeddingCache(model, folder) if cache is True or folder is not None else None
+        return cls(model, embeddings, decoder)
 
     @property
     def device(self) -> torch.device:
