@@ -82,17 +82,20 @@ class Predictor:
     """Embeds one image, then predicts masks for prompts on it, as ``SamPredictor`` does.
 
     ``model``: a :class:`samhw.models.SamModel` (any registered model or fine-tuned checkpoint, on
-    any device). ``cache``: an :class:`samhw.cache.EmbeddingCache` of that model, so an image is
-    encoded once across runs (the study's cache stores float16). ``decoder``: ``fast`` (samhw's
-    rearranged decoder), ``plain`` (SAM's own modules) or ``auto`` (plain if the model was loaded
-    with ``plain=True``, else fast); the two agree to float rounding.
+    any device). ``cache``: an :class:`samhw.cache.EmbeddingCache` of a model with the same image
+    encoder (a fine-tuned decoder shares the pretrained model's), so an image is encoded once
+    across runs (the study's cache stores float16). ``decoder``: ``fast`` (samhw's rearranged
+    decoder), ``plain`` (SAM's own modules) or ``auto`` (plain if the model was loaded with
+    ``plain=True``, else fast); the two agree to float rounding.
     """
 
     def __init__(self, model: SamModel, cache: EmbeddingCache | None = None, decoder: str = "auto"):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-        if cache is not None and getattr(cache, "model", model) is not model:
-            raise ValueError("the cache belongs to another model: make it with EmbeddingCache(model)")
+        owner = getattr(cache, "model", model)
+        if owner is not model and (getattr(owner, "encoder_key", None), getattr(owner, "encoder_backend", None)) != (
+                getattr(model, "encoder_key", None), getattr(model, "encoder_backend", None)):
+            raise ValueError("the cache holds another image encoder's embeddings: make it with EmbeddingCache(model)")
         self.model = model
         self.cache = cache
         self.plain = getattr(model, "plain", False) if decoder == "auto" else decoder == "plain"

@@ -14,7 +14,9 @@ spec.loader.exec_module(graph)
 
 #: What breaks the layering today, in modules that other branches are editing (see the issue-17 note).
 KNOWN = ["core imports a view: train -> plots (deferred: train.finetune draws curves.png)",
-         "cycle report <-> study (deferred imports both ways: report takes study.SPLIT_ORDER)"]
+         "cycle report <-> study (deferred imports both ways: report takes study.SPLIT_ORDER)",
+         "cycle evaluate -> models -> shipped -> train -> evaluate (deferred: load_model of a shipped name, "
+         "shipped's export reads train)"]
 
 
 def test_the_graph_reads_imports_of_every_kind(tmp_path):
