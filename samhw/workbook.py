@@ -436,19 +436,16 @@ def paired_difference(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> p
 def all_masks(model, embedding, prompt: Prompt, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """All four of SAM's outputs for one prompt: masks (4, H, W) bool and predicted IoU (4,).
 
-    Output 0 is the single-mask answer (``multimask=False``), outputs 1-3 the multimask set that
-    :meth:`SamModel.predict` chooses from with ``multimask=True``.
+    Output 0 is the single-mask answer (``multimask_output=False``), outputs 1-3 the multimask set
+    that :meth:`samhw.Predictor.predict_prompts` chooses from (SAM's own decoder, ``plain``).
     """
-    import torch
+    from .predictor import Predictor
 
-    with torch.inference_mode():
-        points, boxes = model.prompt_tensors([prompt], shape)
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, scores = model.mask_decoder.predict_masks(
-            image_embeddings=embedding.to(model.device), image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-        masks = model.postprocess(low_res.float(), shape)[0] > 0
-    return masks.cpu().numpy(), scores[0].float().cpu().numpy()
+    predictor = Predictor(model, decoder="plain")
+    predictor.set_embedding(embedding, shape)
+    single, single_iou, _ = predictor.predict_prompt(prompt, multimask_output=False)
+    multi, multi_iou, _ = predictor.predict_prompt(prompt, multimask_output=True)
+    return np.concatenate([single, multi]), np.concatenate([single_iou, multi_iou])
 
 
 def multimask_table(model, cache, dataset: Dataset, prompt: str = "center_gaussian", seed: int = 0) -> pd.DataFrame:
@@ -618,9 +615,12 @@ def vit_b_without_weights(meta: bool = True):
 
 
 def dataflow_shapes(model, image: np.ndarray, prompt: Prompt, embedding=None) -> dict[str, str]:
-    """The shapes along SAM's data flow for one slice and prompt, measured with hooks (the image
-    encoder runs unless the slice's ``embedding`` is given, e.g. from the cache)."""
+    """The shapes along SAM's data flow for one slice and prompt, measured with hooks while a
+    :class:`samhw.Predictor` (SAM's own decoder) predicts (the image encoder runs unless the
+    slice's ``embedding`` is given, e.g. from the cache)."""
     import torch
+
+    from .predictor import Predictor
 
     shapes: dict[str, str] = {}
     x = model.preprocess([image])
@@ -628,24 +628,24 @@ def dataflow_shapes(model, image: np.ndarray, prompt: Prompt, embedding=None) ->
     shapes["input"] = _shape(x)
     with torch.inference_mode():
         embedding = model.image_encoder(x) if embedding is None else embedding.to(model.device)
-        shapes["embedding"] = _shape(embedding)
-        points, boxes = model.prompt_tensors([prompt], image.shape[:2])
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        shapes["sparse"], shapes["dense"] = _shape(sparse), _shape(dense)
-        shapes["pe"] = _shape(model.prompt_encoder.get_dense_pe())
-        out: dict = {}
-        seen = trace(model.mask_decoder, lambda: out.setdefault("decoded", model.mask_decoder.predict_masks(
-            image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)),
-            ["transformer", "output_upscaling", "output_hypernetworks_mlps.0", "iou_prediction_head"])
-        low_res, scores = out["decoded"]
+    shapes["embedding"] = _shape(embedding)
+    predictor = Predictor(model, decoder="plain")
+    predictor.set_embedding(embedding, image.shape[:2])
+    seen = trace(model, lambda: predictor.predict_prompt(prompt, multimask_output=True),
+                 ["prompt_encoder", "mask_decoder.transformer", "mask_decoder.output_upscaling",
+                  "mask_decoder.output_hypernetworks_mlps.0", "mask_decoder.iou_prediction_head"])
     by = dict(zip(seen["module"], seen["output"]))
-    shapes["tokens"] = seen.set_index("module").loc["transformer", "input"].split(" | ")[-1]
-    shapes["transformer"] = by["transformer"]
-    shapes["upscaled"] = by["output_upscaling"]
-    shapes["hyper"] = by["output_hypernetworks_mlps.0"]
-    shapes["iou"] = _shape(scores)
-    shapes["masks"] = _shape(low_res)
+    shapes["sparse"], shapes["dense"] = by["prompt_encoder"].split(", ")
+    shapes["pe"] = _shape(model.prompt_encoder.get_dense_pe())
+    shapes["tokens"] = seen.set_index("module").loc["mask_decoder.transformer", "input"].split(" | ")[-1]
+    shapes["transformer"] = by["mask_decoder.transformer"]
+    shapes["upscaled"] = by["mask_decoder.output_upscaling"]
+    shapes["hyper"] = by["mask_decoder.output_hypernetworks_mlps.0"]
+    shapes["iou"] = by["mask_decoder.iou_prediction_head"]
+    # SAM's decoder makes one mask per IoU output (hypernetwork weights . upscaled features), before
+    # the predictor keeps masks 1-3 (multimask) or mask 0.
+    batch, n_masks = shapes["iou"].split("x")
+    shapes["masks"] = "x".join([batch, n_masks, *shapes["upscaled"].split("x")[-2:]])
     shapes["output"] = f"{image.shape[0]}x{image.shape[1]}"
     return shapes
 
@@ -760,14 +760,12 @@ DECODER_NOTES = {
 
 
 def decoder_trace(model, embedding, prompt: Prompt, shape: tuple[int, int]) -> pd.DataFrame:
-    """The mask decoder's steps with live shapes for one prompt: the two-way transformer's two
-    blocks of four steps, the final attention, upscaling, the hypernetwork MLPs and the IoU head."""
-    import torch
+    """The mask decoder's steps with live shapes for one prompt (a :class:`samhw.Predictor` with
+    SAM's own decoder predicts it): the two-way transformer's two blocks of four steps, the final
+    attention, upscaling, the hypernetwork MLPs and the IoU head."""
+    from .predictor import Predictor
 
     dec = model.mask_decoder
-    with torch.inference_mode():
-        points, boxes = model.prompt_tensors([prompt], shape)
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
     names, notes = [], {}
     for i, _ in enumerate(dec.transformer.layers):
         for step in ("self_attn", "cross_attn_token_to_image", "mlp", "cross_attn_image_to_token"):
@@ -781,10 +779,9 @@ def decoder_trace(model, embedding, prompt: Prompt, shape: tuple[int, int]) -> p
         notes[names[-1]] = f"hypernetwork MLP: mask token {k} -> 32 weights; mask {k} = weights . upscaled features"
     names.append("iou_prediction_head")
     notes["iou_prediction_head"] = DECODER_NOTES["iou_prediction_head"]
-    return trace(dec, lambda: dec.predict_masks(image_embeddings=embedding.to(model.device),
-                                                image_pe=model.prompt_encoder.get_dense_pe(),
-                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense),
-                 names, notes)
+    predictor = Predictor(model, decoder="plain")
+    predictor.set_embedding(embedding, shape)
+    return trace(dec, lambda: predictor.predict_prompt(prompt, multimask_output=True), names, notes)
 
 
 def embedding_pca(embedding) -> np.ndarray:

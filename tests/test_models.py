@@ -8,8 +8,8 @@ from samhw.models import (
     ModelError,
     build_model,
     load_model,
-    resolve_device,
     resized_shape,
+    resolve_device,
     to_model_frame,
 )
 from samhw.prompts import Prompt

@@ -19,6 +19,13 @@ class BoxModel:
     def __init__(self, shrink: int, encoder_key: str = "same"):
         self.shrink, self.encoder_key, self.calls = shrink, encoder_key, []
 
+    def image_context(self, embedding, plain=None):
+        return embedding
+
+    def predict_masks(self, context, prompts, shape, multimask, plain=None):
+        masks, scores = self.predict(context, prompts, shape, multimask)
+        return torch.from_numpy(masks), torch.from_numpy(scores)
+
     def predict(self, embedding, prompts, shape, multimask):
         self.calls.append(prompts[0])
         masks = np.zeros((1, *shape), bool)

@@ -28,10 +28,10 @@ class FakeModel:
         self.calls = 0
         self.fail = fail
 
-    def image_context(self, embedding):
+    def image_context(self, embedding, plain=None):
         return embedding
 
-    def predict_masks(self, context, prompts, shape, multimask):
+    def predict_masks(self, context, prompts, shape, multimask, plain=None):
         masks, scores = self.predict(context, prompts, shape, multimask)
         return torch.from_numpy(masks), torch.from_numpy(scores)
 
