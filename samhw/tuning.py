@@ -112,7 +112,7 @@ def loss_table(model: SamModel, cache, batch: Sequence[dict], iou_loss_weight: f
                      "best mask": best, "Dice": float(dice[best]), "BCE": float(bce[best]),
                      "actual IoU": float(actual[best]), "predicted IoU": float(scores[best]),
                      "IoU-head MSE": mse, "loss": total})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"masks": object, "best mask": object})  # the mean row leaves them blank
     table.loc["batch mean"] = ["", "", "", "", *table[["Dice", "BCE", "actual IoU", "predicted IoU",
                                                                "IoU-head MSE", "loss"]].mean()]
     return table.round(4)
