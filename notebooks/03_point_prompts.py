@@ -6,7 +6,13 @@
 # distance to the box centre (`random_gaussian`, sigma = 100 px), the box centre (`center_box`), the
 # mask centroid (`center_mask`), the Gaussian-weighted centroid (`center_gaussian`), and a box
 # corner labelled background (`background`). With one point SAM returns three masks; the project
-# keeps the one with the highest predicted IoU (stated in every table).
+# keeps the one with the highest predicted IoU ("best of 3 by predicted IoU", not an oracle).
+#
+# Every mean below carries two 95% intervals: `± half-width` over the prompt seeds (how much the
+# random draws move it) and `[lo, hi]` over patients (the study's real sample: a percentile
+# bootstrap that resamples patients with all their slices, 2000 times, seed 0; a random prompt is
+# averaged over its seeds on each slice first). Comparisons are paired per patient, with a bootstrap
+# interval and a Wilcoxon signed-rank p (`samhw.stats`).
 #
 # **A caveat first.** The default model, LiteMedSAM, was trained with boxes only: its single-point
 # masks are near empty, so its IoU with one point is near 0 whatever the strategy. Fine-tuned with
@@ -68,12 +74,13 @@ fig = plots.gallery(grid, zoom_pad=30)
 
 # %% [markdown]
 # ## Table I, live on these few slices
-# Mean IoU over slices (± half-width of the 95% interval over seeds; none for the deterministic
-# strategies), beside the report's numbers for SAM ViT-B on its own, slice-level split.
+# Mean IoU over slices (mask: best of 3 by predicted IoU): `± half-width` of the 95% interval over
+# seeds (none for the deterministic strategies), `[lo, hi]` the 95% interval over patients (a handful
+# here, so wide), beside the report's numbers for SAM ViT-B on its own, slice-level split.
 
 # %%
 rows = workbook.live_rows(model, cache, live, EXPERIMENTS["E2"], range(SEEDS))
-live_summary = workbook.live_summary(rows)
+live_summary = workbook.interval_summary(rows)
 workbook.table_one(live_summary)
 
 # %% [markdown]
@@ -83,18 +90,22 @@ workbook.table_one(live_summary)
 # once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
 
 # %%
-results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2"]) if FULL else workbook.load_results()
-summary, all_rows = workbook.combined_summary(results), workbook.combined_rows(results)
+experiments = [e for e in ("E2", "E6") if e in EXPERIMENTS]  # E6 (the leak control) where the study has it
+results = workbook.full_study(MODEL, CHECKPOINT, experiments=experiments) if FULL else workbook.load_results()
+all_rows = workbook.combined_rows(results)
+summary = workbook.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
 # %% [markdown]
 # ### Table I's counterpart, every slice
+# Mean IoU over slices, `± seeds [patients]` (captions above).
 
 # %%
 workbook.table_one(summary) if results else None
 
 # %% [markdown]
 # ### The same, averaged per patient first
-# Slice-level means weigh patients with large tumours (many slices) more; here each patient counts once.
+# Slice-level means weigh patients with large tumours (many slices) more; here each patient counts once
+# (`± seeds [patients]` again).
 
 # %%
 workbook.prompt_table(summary, workbook.TABLE_I_STRATEGIES, level="iou_patient") if results else None
@@ -138,8 +149,10 @@ choice
 # %% [markdown]
 # ## Foreground plus background points
 # The report found a background point alone useless (it only says where the tumour is not) and
-# expected it to help beside a foreground point. Pairs on the same slices and seeds; the interval is
-# over patients. Boxes with a point are shown too: with LiteMedSAM the box carries the prompt.
+# expected it to add to a foreground point. Pairs on the same slices, paired per patient: `a - b` is
+# the mean over patients, its 95% interval a bootstrap over patients, `Wilcoxon p` the signed-rank
+# test over patients; the verdict names a side only where the interval excludes 0 and p < 0.05.
+# Boxes with a point are shown too: with LiteMedSAM the box carries the prompt.
 
 # %%
 grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3),
@@ -154,3 +167,18 @@ workbook.paired_difference(rows, PAIRS[:2])
 
 # %%
 workbook.paired_difference(all_rows, PAIRS) if results else None
+
+# %% [markdown]
+# ## The background leak (E6)
+# The report's `background` point sits on a corner of the tight box, so even a lone negative point
+# says where the tumour is. `background_far` is a negative point drawn from the brain at least 20 px
+# from the tumour (SPEC E6). A model that still returns the tumour from a lone far negative point
+# segments it without following the prompt: that is a leak, not a better prompt. Mean IoU over
+# patients (`± seeds [patients]`) and the sentence the report command writes from the committed rows
+# ("not run" until both models have `background_far` rows):
+
+# %%
+workbook.prompt_table(summary, ["background", "background_far"], level="iou_patient") if results else None
+
+# %%
+print(workbook.leak_passage(all_rows)) if results else None

@@ -10,7 +10,9 @@
 # pixel with these weights, `center_bilateral` takes their weighted centroid (SPEC.md); M is the
 # mean colour of the fullest bin of a 16-grey-level histogram of the mask's three-channel colours.
 # Defaults: sigma_s = 100 px (the Gaussian strategies' sigma) and sigma_r = 40 grey levels.
-# Here: the weight maps, the points they choose, and whether they beat the Gaussian variants.
+# Here: the weight maps, the points they choose, and how they compare with the Gaussian variants,
+# paired per patient. Means carry two 95% intervals: `± half-width` over prompt seeds and `[lo, hi]`
+# over patients (bootstrap resampling patients with all their slices, 2000 times, seed 0).
 #
 # As in notebook 03, the pretrained LiteMedSAM's single-point masks are near empty (it was trained
 # with boxes), so its one-point comparison is between numbers near 0 and a box plus point pair is
@@ -71,9 +73,11 @@ workbook.dominant_colors(shown)
 fig = plots.weight_grid(workbook.weight_panels(shown))
 
 # %% [markdown]
-# ## Does it beat the Gaussian variants? Live, on these few slices
-# IoU of the bilateral prompt minus its Gaussian counterpart on the same slices and seeds; the 95%
-# interval is over patients (each patient's mean difference), so it is wide with a handful of slices.
+# ## Bilateral against Gaussian, live on these few slices
+# Mean IoU (`± seeds [patients]`; one point: best of 3 by predicted IoU), then the bilateral prompt
+# minus its Gaussian counterpart on the same slices, paired per patient: mean difference over
+# patients, its bootstrap interval and the Wilcoxon signed-rank p. A verdict names a side only where
+# the interval excludes 0 and p < 0.05; with a handful of patients it rarely can.
 
 # %%
 PAIRS = [("random_bilateral", "random_gaussian"), ("center_bilateral", "center_gaussian"),
@@ -81,7 +85,7 @@ PAIRS = [("random_bilateral", "random_gaussian"), ("center_bilateral", "center_g
 BOX_PAIR = [("box:0+center_bilateral", "box:0+center_gaussian")]
 prompts = [p for pair in PAIRS + BOX_PAIR for p in pair]
 rows = workbook.live_rows(model, cache, live, prompts, range(SEEDS))
-workbook.prompt_table(workbook.live_summary(rows), prompts)
+workbook.prompt_table(workbook.interval_summary(rows), prompts)
 
 # %%
 workbook.paired_difference(rows, PAIRS + BOX_PAIR)
@@ -94,10 +98,16 @@ workbook.paired_difference(rows, PAIRS + BOX_PAIR)
 
 # %%
 results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else workbook.load_results()
-summary, all_rows = workbook.combined_summary(results), workbook.combined_rows(results)
+all_rows = workbook.combined_rows(results)
+summary = workbook.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
 # %%
 workbook.prompt_table(summary, [p for pair in PAIRS for p in pair]) if results else None
+
+# %% [markdown]
+# Paired per patient, as above. For the fine-tuned model the comparison is like for like only if the
+# training mix held bilateral points as it held Gaussian ones: the README's reading (written by
+# `python -m samhw report` from `training.json`) says which.
 
 # %%
 workbook.paired_difference(all_rows, PAIRS) if results else None

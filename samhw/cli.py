@@ -137,13 +137,21 @@ def _cmd_segment(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from .report import results_block, update_readme
+    from .report import report_markdown, update_readme
 
-    if args.readme:
-        changed = update_readme(args.readme, *args.results)
-        print(f"{'updated' if changed else 'unchanged'}: results table in {args.readme}")
-    else:
-        print(results_block(args.results))
+    try:
+        if args.readme:
+            changed = update_readme(args.readme, *args.results)
+            print(f"{'updated' if changed else 'unchanged'}: results, reading and targets in {args.readme}")
+            if len(args.results) == 2:
+                comparison = Path(args.results[1]) / "comparison.md"
+                comparison.write_text(report_markdown(args.results) + "\n")
+                print(f"wrote {comparison}")
+        else:
+            print(report_markdown(args.results))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
 
 
 def _cmd_split(args: argparse.Namespace) -> None:
@@ -295,10 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overlay", help="the overlay PNG (default: <out>_overlay.png beside the mask)")
     segment.set_defaults(func=_cmd_segment)
 
-    report = sub.add_parser("report", help="print a results folder as Markdown, or write it into the README")
+    report = sub.add_parser("report", help="a results folder's tables, paired comparisons and reading as Markdown (from "
+                            "its rows), or write them into the README")
     report.add_argument("results", nargs="+", help="a folder written by study, e.g. results/litemedsam; or two, "
                         "pretrained then fine-tuned, for the comparison")
-    report.add_argument("--readme", help="rewrite the results block of this file")
+    report.add_argument("--readme", help="rewrite the results, reading and targets blocks of this file (and, for two "
+                        "folders, the second one's comparison.md)")
     report.set_defaults(func=_cmd_report)
 
     bench = sub.add_parser("bench", help="time the plain eager path against samhw's path on the same slices")

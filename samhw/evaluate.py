@@ -25,6 +25,7 @@ from .data import Dataset, Slice
 from .metrics import mean_interval, scores_from_counts
 from .models import SamModel, single_thread
 from .prompts import Prompt, PromptSpec, draw_prompts
+from .stats import format_interval
 
 __all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "score_prompts", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
 
@@ -305,18 +306,15 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _interval(mean: float, lo: float, hi: float) -> str:
-    return f"{mean:.4f}" + ("" if np.isnan(lo) else f" ±{(hi - lo) / 2:.4f}")
-
-
 def format_summary(summary: pd.DataFrame) -> str:
     """A plain-text table of a summary (one block per split)."""
     blocks = []
     for split, group in summary.groupby("split", sort=False):
         table = pd.DataFrame({
             "prompt": group["prompt"],
-            "IoU (slices) ±95%": [_interval(*v) for v in group[["iou", "iou_lo", "iou_hi"]].to_numpy()],
-            "IoU (patients) ±95%": [_interval(*v) for v in group[["iou_patient", "iou_patient_lo", "iou_patient_hi"]].to_numpy()],
+            "IoU (slices) ±95% seeds": [format_interval(*v, digits=4) for v in group[["iou", "iou_lo", "iou_hi"]].to_numpy()],
+            "IoU (patients) ±95% seeds": [format_interval(*v, digits=4)
+                                          for v in group[["iou_patient", "iou_patient_lo", "iou_patient_hi"]].to_numpy()],
             "Dice": group["dice"].map("{:.4f}".format),
             "off target": group["off_target"].map("{:.1%}".format),
             "slices": group["slices"], "patients": group["patients"], "seeds": group["seeds"],

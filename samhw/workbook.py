@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, Dataset, load_dataset, resolve_data_dir
-from .metrics import iou, mean_interval
+from .metrics import iou
 from .prompts import (
     Prompt,
     PromptSpec,
@@ -33,13 +33,15 @@ from .prompts import (
     normalize_log_weights,
     parse_prompts,
 )
-from .report import REPORT_TABLE_I, TABLE_I_STRATEGIES
+from .report import REPORT_TABLE_I, TABLE_I_STRATEGIES, interval_cell, leak_sentences
+from .stats import compare_prompts, format_bounds, format_interval, format_p, verdict
 
 __all__ = [
     "DATA_HELP", "QUICK_STUDY", "FULL_STUDY", "REPORT_TABLE_I", "REPORT_E1", "TABLE_I_STRATEGIES",
     "setup", "repo_root", "find_data", "results_dir", "StudyResults", "load_results", "combined_summary",
     "live_model", "live_slices", "combined_rows", "prompt_table", "multimask_summary", "run_prompts", "live_summary", "full_study",
     "margin_table", "margin_observation", "thin_boxes", "table_one", "off_target_table", "paired_difference",
+    "interval_summary", "leak_passage",
     "all_masks", "multimask_table", "weight_map", "off_target_slices",
     "trace", "parameter_table", "vit_b_without_weights", "dataflow_shapes", "interval", "live_rows",
     "encoder_trace", "positional_encoding", "sparse_tokens", "mask_path", "decoder_trace", "embedding_pca",
@@ -280,11 +282,8 @@ def full_study(model: str = "litemedsam", checkpoint: str | None = None, experim
 # ----------------------------------------------------------------------------- tables
 
 
-def interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
-    """``mean ± half-width`` of a 95% interval, or the mean alone when there is no interval."""
-    if lo is None or (isinstance(lo, float) and np.isnan(lo)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+#: ``mean ± half-width`` of a 95% interval (the package's one formatter, :func:`samhw.stats.format_interval`).
+interval = format_interval
 
 
 def _margin_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -338,12 +337,26 @@ def thin_boxes(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def interval_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """The study's summary of ``rows`` (committed or live) per model, split and prompt, with both
+    intervals of each mean: over prompt seeds (``iou_lo``, ``iou_hi``) and over patients (bootstrap,
+    ``iou_boot_lo``, ``iou_boot_hi``; the same for ``iou_patient``), :func:`samhw.stats.summarize`."""
+    from .stats import summarize
+
+    return summarize(rows if "model" in rows else rows.assign(model="live"))
+
+
 def prompt_table(summary: pd.DataFrame, prompts: Sequence[str], level: str = "iou") -> pd.DataFrame:
-    """Mean IoU (± 95% interval over seeds) of ``prompts`` (rows), one column per model and split;
-    ``level="iou_patient"`` for the per-patient means instead of the per-slice ones."""
+    """Mean IoU of ``prompts`` (rows), one column per model and split: ``mean ± half-width of the 95%
+    interval over seeds [95% interval over patients]`` (the patient interval where the summary has it,
+    :func:`interval_summary`); ``level="iou_patient"`` for the per-patient means instead of the per-slice ones."""
     rows = summary[summary["prompt"].isin(prompts)].copy()
     cols = [level, f"{level}_lo", f"{level}_hi"]
-    rows["cell"] = [interval(m, lo, hi) for m, lo, hi in rows[cols].to_numpy()]
+    boot = [f"{level}_boot_lo", f"{level}_boot_hi"]
+    if set(boot) <= set(rows.columns):
+        rows["cell"] = [interval_cell(*v) for v in rows[cols + boot].to_numpy()]
+    else:
+        rows["cell"] = [interval(m, lo, hi) for m, lo, hi in rows[cols].to_numpy()]
     rows["column"] = rows["model"] + " " + rows["split"]
     table = rows.pivot_table(index="prompt", columns="column", values="cell", aggfunc="first", sort=False)
     table = table.reindex([p for p in prompts if p in set(rows["prompt"])])
@@ -352,9 +365,9 @@ def prompt_table(summary: pd.DataFrame, prompts: Sequence[str], level: str = "io
 
 
 def table_one(summary: pd.DataFrame, with_report: bool = True) -> pd.DataFrame:
-    """Table I's counterpart: IoU (± 95% interval over seeds) of the seven one-point strategies, one
-    column per model and split (mask: the best of three by predicted IoU), the report's SAM ViT-B
-    numbers beside them."""
+    """Table I's counterpart: IoU of the seven one-point strategies (mask: the best of three by
+    predicted IoU), one column per model and split, each ``mean ± seeds [patients]`` as in
+    :func:`prompt_table`, the report's SAM ViT-B numbers beside them."""
     table = prompt_table(summary, TABLE_I_STRATEGIES)
     table.index.name = "strategy"
     if with_report:
@@ -388,46 +401,35 @@ def off_target_table(rows: pd.DataFrame, strategies: Iterable[str] = ("center_bo
 
 
 def paired_difference(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """IoU of prompt ``a`` minus prompt ``b`` on the same slices and seeds, per model and split.
-
-    ``IoU a``, ``IoU b`` and ``a - b`` are means over patients (each patient's slices and seeds
-    averaged first), so they subtract; the 95% interval is over patients too (Student t), so a few
-    patients with many slices cannot decide it. ``slices a > b`` counts the slices where ``a`` wins
-    (averaged over seeds). The verdict says whether the interval excludes 0.
+    """IoU of prompt ``a`` against prompt ``b`` on the same slices, per model and split, paired per
+    patient (:func:`samhw.stats.compare_prompts`): each prompt averaged over its seeds on each slice,
+    each patient's mean over its slices; ``IoU a``, ``IoU b`` and ``a - b`` are means over patients
+    (so they subtract), the 95% interval is a bootstrap over patients, the p-value Wilcoxon's
+    signed-rank over patients. The verdict names a side only where the interval excludes 0 and p < 0.05.
     """
     out = []
     for (model, split), group in rows.groupby(["model", "split"], sort=False):
         for a, b in pairs:
-            left = group[group["prompt"] == a][["patient", "slice", "seed", "iou"]]
-            right = group[group["prompt"] == b][["patient", "slice", "seed", "iou"]]
+            left, right = group[group["prompt"] == a], group[group["prompt"] == b]
             if left.empty or right.empty:
                 continue
-            if left["seed"].nunique() != right["seed"].nunique():  # a fixed prompt against a random one
-                left = left.groupby(["patient", "slice"], as_index=False)["iou"].mean()
-                right = right.groupby(["patient", "slice"], as_index=False)["iou"].mean()
-                keys = ["patient", "slice"]
-            else:
-                keys = ["patient", "slice", "seed"]
-            both = left.merge(right, on=keys, suffixes=("_a", "_b"))
-            both["diff"] = both["iou_a"] - both["iou_b"]
-            patients = both.groupby("patient")[["iou_a", "iou_b", "diff"]].mean()
-            per_patient = patients["diff"]
-            mean, lo, hi = mean_interval(per_patient)
-            per_slice = both.groupby("slice")["diff"].mean()
-            if np.isnan(lo):
-                verdict = "one patient: no interval"
-            elif lo > 0:
-                verdict = f"{a} better"
-            elif hi < 0:
-                verdict = f"{b} better"
-            else:
-                verdict = "no clear difference"
-            out.append({"model": model, "split": split, "a": a, "b": b, "IoU a": round(patients["iou_a"].mean(), 4),
-                        "IoU b": round(patients["iou_b"].mean(), 4), "a - b": round(mean, 4),
-                        "95% interval (patients)": "" if np.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]",
-                        "patients": len(per_patient), "slices a > b": f"{(per_slice > 0).sum()}/{len(per_slice)}",
-                        "verdict": verdict})
+            c = compare_prompts(left, right)
+            out.append({"model": model, "split": split, "a": a, "b": b, "IoU a": round(c.mean_a, 4),
+                        "IoU b": round(c.mean_b, 4), "a - b": round(c.diff, 4),
+                        "95% interval (patients)": format_bounds(c.lo, c.hi, 4, signed=True),
+                        "Wilcoxon p": format_p(c.p).removeprefix("p="), "patients": c.patients,
+                        "patients a > b": f"{c.a_wins}/{c.patients}",
+                        "verdict": verdict(c, f"{a} higher", f"{b} higher")})
     return pd.DataFrame(out)
+
+
+def leak_passage(rows: pd.DataFrame, split: str = "test") -> str:
+    """E6 in words for rows of one or more models (``model`` column, the pretrained model first):
+    :func:`samhw.report.leak_sentences`; "not run" while a model has no ``background_far`` rows."""
+    models = {m: m for m in dict.fromkeys(rows["model"])} if len(rows) else {}
+    if not models:
+        return "E6: no results loaded."
+    return leak_sentences(rows, split, models)
 
 
 # ----------------------------------------------------------------------------- masks, points, weights

@@ -5,6 +5,7 @@ its margin slider dragged, and the redraw checked.
 CI (``.ci/run``) installs Chromium with apt and sets SAMHW_REQUIRE_BROWSER=1, so there a missing
 browser fails instead of skipping.
 """
+import importlib
 import os
 import re
 import secrets
@@ -35,6 +36,23 @@ def _need(ok: bool, message: str) -> None:
         pytest.skip(message)
 
 
+def _playwright(module: str = "playwright.sync_api"):
+    """Playwright's sync API; a skip when it is missing, a failure under SAMHW_REQUIRE_BROWSER=1."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        _need(False, f"{module} missing ({err}): pip install -r requirements-dev.txt")
+
+
+@pytest.mark.parametrize("required", ["1", ""])
+def test_a_missing_playwright_fails_when_the_browser_is_required(monkeypatch, required):
+    monkeypatch.setenv("SAMHW_REQUIRE_BROWSER", required)
+    expected = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(BaseException, match=r"no_such_playwright\.sync_api missing") as info:  # a skip too
+        _playwright("no_such_playwright.sync_api")
+    assert type(info.value) is expected, type(info.value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +71,7 @@ def lab(tmp_path, data_dir, cache_dir):
     """JupyterLab on a free localhost port with a token, serving a temp folder holding demo.ipynb;
     stopped (with its kernels) at the end."""
     _need(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install -y chromium")
+    _playwright()  # before starting JupyterLab
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(DEMO)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     root = tmp_path / "lab"
@@ -93,7 +112,7 @@ def lab(tmp_path, data_dir, cache_dir):
 
 
 def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = _playwright()
     url, token, tmp_path = lab
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(

@@ -246,15 +246,17 @@ def paired_rows(diff_per_patient):
 
 
 def test_paired_difference_gives_an_interval_over_patients_and_a_verdict():
-    better = workbook.paired_difference(paired_rows([0.10, 0.12, 0.08, 0.11]), [("a", "b")]).iloc[0]
-    assert better["verdict"] == "a better" and better["a - b"] == pytest.approx(0.1025)
-    assert better["patients"] == 4 and better["slices a > b"] == "8/8"
-    lo, hi = (float(v) for v in better["95% interval (patients)"].strip("[]").split(","))
-    assert 0 < lo < 0.1025 < hi
+    higher = workbook.paired_difference(paired_rows([0.10, 0.12, 0.08, 0.11, 0.09, 0.13]), [("a", "b")]).iloc[0]
+    assert higher["verdict"] == "a higher" and higher["a - b"] == pytest.approx(0.105)
+    assert higher["patients"] == 6 and higher["patients a > b"] == "6/6" and higher["Wilcoxon p"] == "0.031"
+    lo, hi = (float(v) for v in higher["95% interval (patients)"].strip("[]").split(","))
+    assert 0 < lo < 0.105 < hi
     mixed = workbook.paired_difference(paired_rows([0.1, -0.1, 0.05, -0.06]), [("a", "b")]).iloc[0]
-    assert mixed["verdict"] == "no clear difference"
-    worse = workbook.paired_difference(paired_rows([-0.1, -0.12, -0.09]), [("a", "b")]).iloc[0]
-    assert worse["verdict"] == "b better"
+    assert mixed["verdict"] == "no difference shown"
+    few = workbook.paired_difference(paired_rows([0.10, 0.12, 0.08, 0.11]), [("a", "b")]).iloc[0]
+    assert few["verdict"] == "no difference shown"  # 4 patients: Wilcoxon p >= 0.125 whatever the interval
+    lower = workbook.paired_difference(paired_rows([-0.1, -0.12, -0.09, -0.11, -0.1, -0.13]), [("a", "b")]).iloc[0]
+    assert lower["verdict"] == "b higher"
     assert workbook.paired_difference(paired_rows([0.1]), [("a", "c")]).empty  # no such prompt
 
 
