@@ -32,3 +32,15 @@ def test_a_file_that_is_no_training_record_is_named(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match="summary.json: not a training record"):
         read_recipes(tmp_path)
+
+
+def test_the_readme_table_is_the_committed_records():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("<!-- recipes:start")[1].split("-->", 1)[1].split("<!-- recipes:end -->")[0].strip()
+    shipped = json.loads((repo / "samhw" / "weights" / "litemedsam-lgg.json").read_text())
+    kept = next(r["name"] for r in read_recipes(repo / "results" / "finetune-recipes")
+                if r["command"] == shipped["command"] and r["best"]["val_mean"] == shipped["validation"]["mean"])
+    assert block == recipes_markdown(repo / "results" / "finetune-recipes", kept=kept)
