@@ -67,9 +67,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_study(args: argparse.Namespace) -> None:
-    from .report import update_readme
+    from .report import update_readme, write_comparison
     from .shipped import is_shipped
-    from .study import run_study, write_comparison
+    from .study import run_study
 
     out = args.out or f"results/{args.model}"
     common = dict(data=args.data, splits=args.splits, model_name=args.model, seeds=args.seeds, device=args.device,

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from .interactive import Decoded, Session
 from .metrics import iou
-from .models import SamModel, single_thread
+from .models import single_thread
 from .prompts import Prompt
 from .refine import Click, next_click
 

@@ -26,7 +26,7 @@ from .models import SamModel, load_model
 from .prompts import PromptSpec, Target, parse_prompts
 from .resources import PeakMemory
 
-__all__ = ["EXPERIMENTS", "experiment_of", "run_study", "GALLERY_PROMPTS", "gallery_slices", "predict_gallery"]
+__all__ = ["EXPERIMENTS", "experiment_of", "run_study", "merge_rows", "GALLERY_PROMPTS", "gallery_slices", "predict_gallery"]
 
 #: The prompts of each experiment, in display order.
 EXPERIMENTS: dict[str, list[str]] = {
@@ -270,36 +270,3 @@ def run_study(
     print(format_summary(summary))
     print(f"\nwrote {out}/summary.csv, summary.json, rows_*.csv and figures in {time.time() - started:.0f} s")
     return summary
-
-
-def write_comparison(origin_dir: str | Path, tuned_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    """Pretrained against fine-tuned: ``comparison.md`` (the Table I counterpart) and the E1 and
-    E2/E3 figures of both models on every split, written into ``tuned_dir``; returns that path.
-
-    With the fine-tuned ``checkpoint``, also its training record (``training.json``: command,
-    options, split, per-epoch log) and curves (``fig_training.png``).
-    """
-    from . import plots
-    from .models import read_checkpoint
-    from .report import comparison_markdown
-
-    tuned_dir = Path(tuned_dir)
-    if checkpoint is not None:
-        _, meta = read_checkpoint(Path(checkpoint))
-        run_log = Path(checkpoint).with_name("log.json")  # the whole run's epochs, past the best one
-        epochs = json.loads(run_log.read_text())["epochs"] if run_log.is_file() else meta.get("log")
-        if epochs:
-            keep = ("command", "model", "base_weights", "base_checkpoint", "options", "split", "best", "samhw")
-            record = {"checkpoint": Path(checkpoint).as_posix(), **{k: meta.get(k) for k in keep}, "epochs": epochs}
-            (tuned_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-            plots.save(plots.training_curves(epochs), tuned_dir / "fig_training.png")
-    frames = []
-    for label, folder in (("origin", Path(origin_dir)), ("fine-tuned", tuned_dir)):
-        frame = pd.read_csv(folder / "summary.csv")
-        frame.insert(0, "model", label)
-        frames.append(frame)
-    summary = pd.concat(frames, ignore_index=True)
-    plots.save(plots.margin_curves(summary, by=("model", "split")), tuned_dir / "fig_compare_e1_margins.png")
-    plots.save(plots.strategy_bars(summary, by=("model", "split")), tuned_dir / "fig_compare_e2_strategies.png")
-    (tuned_dir / "comparison.md").write_text(comparison_markdown(origin_dir, tuned_dir) + "\n")
-    return tuned_dir / "comparison.md"

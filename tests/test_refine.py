@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samhw.refine import (MAX_CLICKS, bootstrap_patients, clicks_to_reach, curve_table, farthest_pixel,
-                          format_tables, next_click, noc_table)
+from samhw.refine import MAX_CLICKS, bootstrap_patients, clicks_to_reach, curve_table, farthest_pixel, format_tables, next_click, noc_table
 
 
 def test_farthest_pixel_is_xy_of_the_region_centre():

@@ -95,8 +95,7 @@ def _block(text: str, start: str, end: str) -> str:
 def test_readme_prose_and_comparison_are_generated_from_the_committed_rows(monkeypatch):
     """The reading (every claim word), the targets and comparison.md are what the report command
     writes from the committed rows: none of them can drift from the intervals."""
-    from samhw.report import (READING_END, READING_START, TARGETS_END, TARGETS_START, Results,
-                              comparison_markdown, reading_markdown, targets_markdown)
+    from samhw.report import READING_END, READING_START, TARGETS_END, TARGETS_START, Results, comparison_markdown, reading_markdown, targets_markdown
 
     monkeypatch.chdir(REPO)
     origin, tuned = Results.load(RESULTS.relative_to(REPO)), Results.load(FINETUNED.relative_to(REPO))
