@@ -49,7 +49,7 @@ def _data_rows(part: Path) -> int:
 
 def _wait_running(process: subprocess.Popen, part: Path, rows: int) -> list[psutil.Process]:
     """Wait until both workers run and ``rows`` rows are written; returns the workers."""
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # start-up alone takes minutes on a loaded machine
     while time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be stopped"
         workers = _workers(process)
