@@ -19,10 +19,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_MODEL_HELP = ("litemedsam (default), vit_b, vit_l or vit_h, or a shipped fine-tuned model: litemedsam-lgg "
+               "(LiteMedSAM with weights in samhw/weights, offline)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
-    parser.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
-    parser.add_argument("--checkpoint", help="weights: an official SAM checkpoint, or a project checkpoint of the same model")
+    parser.add_argument("--model", default="litemedsam", help=_MODEL_HELP)
+    parser.add_argument("--checkpoint", help="weights: an official SAM checkpoint, a project checkpoint of the same model, "
+                        "or a shipped model's name")
     parser.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds for random prompts (default 3)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--cache", help="embedding cache folder (default: $SAMHW_CACHE, else ~/.cache/samhw)")
@@ -65,6 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_study(args: argparse.Namespace) -> None:
     from .report import update_readme
+    from .shipped import is_shipped
     from .study import run_study, write_comparison
 
     out = args.out or f"results/{args.model}"
@@ -78,7 +84,8 @@ def _cmd_study(args: argparse.Namespace) -> None:
     if args.finetuned:
         dirs.append(str(tuned))
         run_study(tuned, checkpoint=args.finetuned, reuse=args.reuse, **common)
-        print(f"wrote the comparison to {write_comparison(*dirs, checkpoint=args.finetuned)}")
+        record = None if is_shipped(args.finetuned) else args.finetuned  # a shipped model's run record stays
+        print(f"wrote the comparison to {write_comparison(*dirs, checkpoint=record)}")
     elif (tuned / "summary.json").is_file():  # keep comparing with the fine-tuned results already there
         dirs.append(str(tuned))
         print(f"compared again with the fine-tuned results in {tuned}: {write_comparison(*dirs)}")
@@ -166,6 +173,17 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote the benchmark into {args.readme}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .shipped import export, weights_dir
+
+    record = export(args.checkpoint, args.name, dtype=args.dtype, results=args.results, replace=args.replace,
+                    command="python -m samhw " + " ".join(args.argv))
+    test = "test scores of " + record["test"]["of"] if "iou" in record["test"] else "test scores " + record["test"]["absent"]
+    print(f"wrote {weights_dir() / record['file']} ({record['bytes'] / 1e6:.1f} MB, {record['dtype']}: "
+          f"{', '.join(record['parts'])}) and {record['name']}.json ({test}); "
+          f"load it with --model {record['name']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m samhw", description="Prompting and fine-tuning SAM on LGG brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,11 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(study)
     study.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test", "all"],
                        help="splits to evaluate (default: test)")
-    study.add_argument("--experiments", nargs="+", default=["E1", "E2", "E3"], choices=["E1", "E2", "E3"])
+    study.add_argument("--experiments", nargs="+", default=["E1", "E2", "E3", "E6"], choices=["E1", "E2", "E3", "E6"])
     study.add_argument("--out", help="results folder (default results/<model>)")
     study.add_argument("--readme", help="also rewrite the results table of this README")
     study.add_argument("--finetuned", metavar="CHECKPOINT",
-                       help="also run the study with this fine-tuned checkpoint (of --model) into <out>-finetuned and "
+                       help="also run the study with this fine-tuned checkpoint (of --model, or a shipped model's name) into <out>-finetuned and "
                             "compare it with the pretrained model (the report's Table I and figures 4-5)")
     study.add_argument("--reuse", action="store_true",
                        help="keep a split's rows made with exactly this configuration instead of evaluating again "
@@ -205,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     bench.add_argument("--slices", type=_positive_int, default=8, help="slices for the study subset (default 8)")
     bench.add_argument("--seeds", type=_positive_int, default=3)
-    bench.add_argument("--model", default="litemedsam")
+    bench.add_argument("--model", default="litemedsam", help=_MODEL_HELP)
     bench.add_argument("--checkpoint")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--repeat", type=_positive_int, default=5, help="timed repetitions (median reported)")
@@ -215,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("finetune", help="fine-tune on the train split, select on the validation split (E4)")
     tune.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
-    tune.add_argument("--model", default="litemedsam", help="litemedsam (default), vit_b, vit_l or vit_h")
-    tune.add_argument("--checkpoint", help="starting weights (default: the model's bundled ones)")
+    tune.add_argument("--model", default="litemedsam", help=_MODEL_HELP)
+    tune.add_argument("--checkpoint", help="starting weights (default: the model's bundled ones); a file or a shipped model's name")
     tune.add_argument("--out", help="run folder (default runs/<model>-finetuned): last.pt, best.pt, log.json, curves.png")
     tune.add_argument("--epochs", type=_positive_int, default=8)
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -238,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--skip-bad", action="store_true", help="skip unreadable or inconsistent slices, counted")
     tune.add_argument("--quiet", action="store_true", help="no progress bars")
     tune.set_defaults(func=_cmd_finetune)
+
+    ship = sub.add_parser("export", help="ship a fine-tuning checkpoint's trained weights as samhw/weights/NAME "
+                          "(safetensors and a JSON sidecar), loadable with --model NAME")
+    ship.add_argument("checkpoint", help="best.pt of a finetune run")
+    ship.add_argument("--name", default="litemedsam-lgg", help="model name (default litemedsam-lgg)")
+    ship.add_argument("--dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision (default fp16)")
+    ship.add_argument("--results", default="results/litemedsam-finetuned",
+                      help="study folder whose test scores go into the sidecar if it studied these weights "
+                           "(default results/litemedsam-finetuned)")
+    ship.add_argument("--replace", action="store_true", help="overwrite a shipped file of other weights")
+    ship.set_defaults(func=_cmd_export)
 
     split = sub.add_parser("split", help="list each patient's split (the rule is in data/README.md)")
     split.add_argument("--data", help="kaggle_3m folder (default: $SAMHW_DATA, else data/kaggle_3m)")
@@ -264,6 +293,15 @@ def _storage_option(err, args: argparse.Namespace) -> str:
     return " with --out" if hasattr(args, "out") else ""
 
 
+def _say_shipped(args: argparse.Namespace) -> None:
+    """One line on stderr for each shipped model named by the options: where its weights came from."""
+    from .shipped import is_shipped, origin, sidecar
+
+    for value in {getattr(args, k, None) for k in ("model", "checkpoint", "finetuned")} - {None}:
+        if args.command != "export" and is_shipped(value):
+            print(origin(sidecar(value)), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors the user can fix are one ``error:`` line and exit code 2, Ctrl-C and
     SIGTERM stop it (exit codes 130 and 143) keeping what is finished."""
@@ -280,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        _say_shipped(args)
         args.func(args)
     except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, WorkerError) as err:
         print(f"error: {err}", file=sys.stderr)

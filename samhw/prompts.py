@@ -12,7 +12,7 @@ Every random choice draws from a :class:`numpy.random.Generator` made by :func:`
 from (seed, slice id, stream name), so a prompt depends on nothing else: not on the device,
 the order of slices, or how many other prompts were drawn.
 
-This module imports numpy only.
+This module imports numpy and scipy only.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from functools import cached_property, lru_cache
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
     "EmptyMaskError",
@@ -37,6 +38,9 @@ __all__ = [
     "box_from_mask",
     "jitter_box",
     "box_center",
+    "inner_distance",
+    "farthest_inside",
+    "background_level",
     "dominant_color",
     "gaussian_log_weights",
     "bilateral_log_weights",
@@ -49,7 +53,9 @@ __all__ = [
 #: Default strategy parameters: sigma (px) of the Gaussian strategies (report: sigma^2 = 1e4),
 #: sigma_s (px) and sigma_r (grey levels, RGB distance) of the bilateral pair, and the bin
 #: width (grey levels) of the colour histogram whose mode is the bilateral reference colour.
-DEFAULT_PARAMS: Mapping[str, float] = {"sigma": 100.0, "sigma_s": 100.0, "sigma_r": 40.0, "bin_width": 16}
+#: ``min_distance`` (px) is how far from the tumor a ``background_far`` point must be.
+DEFAULT_PARAMS: Mapping[str, float] = {"sigma": 100.0, "sigma_s": 100.0, "sigma_r": 40.0, "bin_width": 16,
+                                       "min_distance": 20.0}
 #: Largest box margin (px) a prompt name may ask for: larger than any slice's side, so nothing is lost;
 #: at draw time a margin is also clipped to the slice's longer side (moves beyond it end at the border).
 MAX_MARGIN = 4096
@@ -99,6 +105,28 @@ def box_center(box: np.ndarray) -> np.ndarray:
     """Centre ``(x, y)`` of a box, float64."""
     box = np.asarray(box, dtype=np.float64)
     return np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0])
+
+
+def inner_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (px) of each pixel of a 2-D mask to the nearest pixel outside it, the image
+    border counting as outside; 0 off the mask. Shape (H, W), float64."""
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+
+
+def background_level(image: np.ndarray) -> int:
+    """The grey level that separates a slice's background from the head: Otsu's threshold of the
+    mean over channels (uint8 scale). Pixels above it are taken as the brain."""
+    grey = np.asarray(image, dtype=np.float64)
+    grey = grey.mean(axis=2) if grey.ndim == 3 else grey
+    values = np.clip(np.rint(grey), 0, 255).astype(np.int64).ravel()
+    p = np.bincount(values, minlength=256) / values.size
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    between = np.zeros(256)
+    inside = (w0 > 0) & (w0 < 1)
+    between[inside] = (mu[-1] * w0[inside] - mu[inside]) ** 2 / (w0[inside] * (1 - w0[inside]))
+    return int(np.argmax(between))
 
 
 def _check_margin(max_margin: int) -> int:
@@ -336,6 +364,45 @@ def _background_corner(t: Target, rng: np.random.Generator) -> np.ndarray:
     return usable[min(int(rng.random() * len(usable)), len(usable) - 1)]
 
 
+def farthest_inside(mask: np.ndarray) -> np.ndarray:
+    """``(x, y)`` of the pixel of a non-empty 2-D mask farthest from the mask's boundary (the image
+    border counts as boundary), float64. Ties, common on straight stretches, go to the tied pixel
+    nearest the tied pixels' mean, then to the first in row-major order."""
+    distance = inner_distance(mask)
+    if distance.max() <= 0:
+        raise EmptyMaskError("mask is empty: it has no inside pixel")
+    rows, cols = np.nonzero(distance == distance.max())
+    d2 = (cols - cols.mean()) ** 2 + (rows - rows.mean()) ** 2
+    i = int(np.argmin(d2))
+    return np.array([cols[i], rows[i]], dtype=np.float64)
+
+
+def _farthest_inside(t: Target) -> np.ndarray:
+    return t.memo(("inside",), lambda: farthest_inside(t.mask)).copy()
+
+
+def _far_background_pixels(t: Target, min_distance: float) -> np.ndarray:
+    """(N, 2) XY of the brain's non-tumor pixels at least ``min_distance`` px from the mask.
+
+    The brain is the pixels above :func:`background_level`. Where no such pixel is far enough
+    (a tumor filling the head), the brain pixels farthest from the mask are used; where the slice
+    has no brain pixel off the tumor, the non-tumor pixels farthest from it."""
+    def compute() -> np.ndarray:
+        if t.image is None:
+            raise ValueError(f"{t.slice_id}: background_far finds the brain by image intensity and needs the image")
+        distance = ndimage.distance_transform_edt(~t.mask)
+        brain = np.asarray(t.image).mean(axis=2) if np.asarray(t.image).ndim == 3 else np.asarray(t.image)
+        brain = (brain > background_level(t.image)) & ~t.mask
+        candidates = brain & (distance >= min_distance)
+        if not candidates.any():
+            pool = brain if brain.any() else ~t.mask
+            candidates = pool & (distance == distance[pool].max())
+        rows, cols = np.nonzero(candidates)
+        return np.stack([cols, rows], axis=1).astype(np.int64)
+
+    return t.memo(("background_far", min_distance), compute)
+
+
 PointFn = Callable[[Target, np.random.Generator, Mapping[str, float]], np.ndarray]
 
 
@@ -349,6 +416,7 @@ class PointStrategy:
     random: bool = False
     params: tuple[str, ...] = ()
     description: str = ""
+    needs_image: bool = False
 
 
 def _snapped(strategy: PointStrategy) -> PointStrategy:
@@ -358,6 +426,7 @@ def _snapped(strategy: PointStrategy) -> PointStrategy:
         label=strategy.label,
         random=strategy.random,
         params=strategy.params,
+        needs_image=strategy.needs_image,
         description=f"{strategy.description}, moved to the nearest mask pixel when it falls outside",
     )
 
@@ -376,10 +445,17 @@ _BASE_STRATEGIES = [
     PointStrategy("background", lambda t, rng, p: _background_corner(t, rng), label=0, random=True,
                   description="a tight-box corner, labelled background"),
     PointStrategy("random_bilateral", lambda t, rng, p: _sample(t.coords, _bilateral_p(t, p), rng), random=True,
-                  params=("sigma_s", "sigma_r", "bin_width"),
+                  params=("sigma_s", "sigma_r", "bin_width"), needs_image=True,
                   description="a mask pixel weighted by distance to the box centre and colour distance to the mask's mode"),
     PointStrategy("center_bilateral", lambda t, rng, p: _weighted_mean(t.coords, _bilateral_p(t, p)),
-                  params=("sigma_s", "sigma_r", "bin_width"), description="the centroid under the bilateral weights"),
+                  params=("sigma_s", "sigma_r", "bin_width"), needs_image=True,
+                  description="the centroid under the bilateral weights"),
+    PointStrategy("center_inside", lambda t, rng, p: _farthest_inside(t),
+                  description="the mask pixel farthest from the mask's boundary (the first click of E5)"),
+    PointStrategy("background_far",
+                  lambda t, rng, p: _sample(_far_background_pixels(t, p["min_distance"]), None, rng),
+                  label=0, random=True, params=("min_distance",), needs_image=True,
+                  description="a brain pixel at least min_distance px from the tumor, labelled background"),
 ]
 
 #: Every single-point strategy by name, the centre strategies with their ``_snapped`` variant.
@@ -462,7 +538,7 @@ class PromptSpec:
 
     @property
     def needs_image(self) -> bool:
-        return any("sigma_r" in POINT_STRATEGIES[c.kind].params for c in self.components if c.kind != "box")
+        return any(POINT_STRATEGIES[c.kind].needs_image for c in self.components if c.kind != "box")
 
     def draw(self, target: Target, seed: int, slice_id: str | None = None) -> Prompt:
         """Draw this prompt for one slice; random parts use ``prompt_rng(seed, slice_id, part)``."""
@@ -525,6 +601,9 @@ def _parse_component(part: str, whole: str) -> _Component:
         if key == "bin_width":
             if not 1 <= params[key] <= MAX_BIN_WIDTH or params[key] != int(params[key]):
                 raise PromptError(f"in prompt {whole!r}: bin_width must be a whole number from 1 to {MAX_BIN_WIDTH}")
+        elif key == "min_distance":
+            if not 0 <= params[key] <= 1024:
+                raise PromptError(f"in prompt {whole!r}: min_distance must be between 0 and 1024 px")
         else:
             _check_sigma(key, params[key])
     return _Component(name, params=params)

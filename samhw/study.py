@@ -37,6 +37,8 @@ EXPERIMENTS: dict[str, list[str]] = {
         "center_gaussian+background", "random_gaussian+background", "box:0+center_gaussian", "box:20+center_gaussian",
     ],
     "E3": ["random_bilateral", "center_bilateral", "center_bilateral_snapped"],
+    # the leak control: a negative point far from the tumor, alone and with a centre point
+    "E6": ["background_far", "center_gaussian+background_far"],
 }
 
 #: One prompt of each kind, for the gallery figure.
@@ -117,6 +119,42 @@ def _same_config(out: Path, split: str, config: dict) -> dict | None:
     return record if record and record.get("config") == json.loads(json.dumps(config, default=str)) else None
 
 
+def _subset_config(out: Path, split: str, config: dict) -> dict | None:
+    """The record of ``rows_<split>.csv`` in ``out`` if it was made with ``config`` but a subset of
+    its prompts (an earlier study without a newer experiment)."""
+    record = _split_record(out, split)
+    if not record:
+        return None
+    wanted = json.loads(json.dumps(config, default=str))
+    had = record.get("config", {})
+    same_rest = {k: v for k, v in had.items() if k != "prompts"} == {k: v for k, v in wanted.items() if k != "prompts"}
+    return record if same_rest and set(had.get("prompts", ())) < set(wanted["prompts"]) else None
+
+
+def merge_rows(first: Path, second: Path, out: Path, slices: Sequence[str], prompts: Sequence[str]) -> None:
+    """Write into ``out`` the rows of two CSVs of the same slices and disjoint prompts, ordered as one
+    run of all ``prompts`` writes them (slice by slice, prompt by prompt, seed by seed), so that the
+    file is byte for byte the one a single run would have written. Values are copied as text."""
+    import csv
+
+    from .evaluate import ROW_FIELDS
+
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for path in (first, second):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                by_key.setdefault((row["slice"], row["prompt"]), []).append(row)
+    rows = [row for sid in slices for prompt in prompts for row in by_key.get((sid, prompt), [])]
+    if len(rows) != sum(len(v) for v in by_key.values()):
+        raise ValueError(f"{first} and {second} hold rows of slices or prompts this study does not have")
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out)
+
+
 def run_study(
     out: str | Path,
     data: str | None = None,
@@ -130,7 +168,7 @@ def run_study(
     limit: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-    experiments: Sequence[str] = ("E1", "E2", "E3"),
+    experiments: Sequence[str] = ("E1", "E2", "E3", "E6"),
     command: str | None = None,
     plain: bool = False,
     workers: int | None = None,
@@ -142,7 +180,9 @@ def run_study(
     A results folder accumulates splits: splits evaluated there earlier with the same model,
     prompts and seeds (``rows_<split>.csv`` with its ``rows_<split>.json``) are summarised too.
     With ``reuse``, a split whose rows were made with exactly this configuration (model weights,
-    data, slices, prompts, seeds) is not evaluated again. ``datasets`` (split -> :class:`Dataset`)
+    data, slices, prompts, seeds) is not evaluated again, and one whose rows lack some of the
+    prompts (a study from before an experiment was added) evaluates only the missing prompts and
+    merges them in, in the order a full run writes. ``datasets`` (split -> :class:`Dataset`)
     holds splits already read and receives those read here, so that a second model's study reads
     no file again.
     """
@@ -176,15 +216,32 @@ def run_study(
             continue
         split_started = time.time()
         cached_before = cache.count()
+        partial = _subset_config(out, split, config) if reuse else None
         with PeakMemory(model.device) as memory:
-            evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
-                            batch_size=batch_size, progress=progress, workers=workers)
-        records[split] = {"slices": len(dataset), "patients": len(dataset.patients), "empty_left_out": dataset.empty,
-                          "skipped": [f"{p}: {why}" for p, why in dataset.skipped], "limit": limit,
-                          "data": str(dataset.root), "command": command,
-                          "elapsed_s": round(time.time() - split_started, 1),
-                          "embeddings_computed": cache.count() - cached_before,
-                          "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb), "config": config}
+            if partial is None:
+                evaluate_to_csv(out / f"rows_{split}.csv", config, model, cache, dataset, specs, seed_list,
+                                batch_size=batch_size, progress=progress, workers=workers)
+            else:
+                missing = [s for s in specs if s.name not in partial["config"]["prompts"]]
+                tqdm.write(f"rows_{split}.csv lacks {', '.join(s.name for s in missing)}: evaluating those only "
+                           f"(the rest as made by `{partial['command']}`)", file=sys.stderr)
+                extra = out / f"rows_{split}.extra.csv"
+                evaluate_to_csv(extra, run_config(model, dataset, missing, seed_list), model, cache, dataset,
+                                missing, seed_list, batch_size=batch_size, progress=progress, workers=workers)
+                merge_rows(out / f"rows_{split}.csv", extra, out / f"rows_{split}.csv",
+                           config["slices"], config["prompts"])
+                extra.unlink()
+        run = {"command": command, "elapsed_s": round(time.time() - split_started, 1),
+               "embeddings_computed": cache.count() - cached_before,
+               "peak_memory_mb": None if memory.peak_mb is None else round(memory.peak_mb)}
+        if partial is None:
+            records[split] = {"slices": len(dataset), "patients": len(dataset.patients),
+                              "empty_left_out": dataset.empty,
+                              "skipped": [f"{p}: {why}" for p, why in dataset.skipped], "limit": limit,
+                              "data": str(dataset.root), **run, "config": config}
+        else:  # the first run's figures stay; each extension is recorded with the prompts it added
+            added = {**run, "prompts": [s.name for s in missing]}
+            records[split] = {**partial, "extensions": [*partial.get("extensions", []), added], "config": config}
         (out / f"rows_{split}.json").write_text(json.dumps(records[split], indent=1) + "\n")
     for split, record in _earlier_splits(out, config, splits).items():
         tqdm.write(f"also summarising {split} from rows_{split}.csv (same model, prompts and seeds; made by "

@@ -40,19 +40,25 @@ __all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS
 #: Prompts drawn in training, with their probabilities: boxes with the report's random margins
 #: (each side 0..M px outward, M = 20 as in the report, and M = 10 and 0 so that tight boxes are
 #: seen too: trained on box:20 alone, a model learns to shrink every box), one foreground point by
-#: each of the study's six strategies (SAM's three masks, the best-fitting one trained), and a
-#: foreground point with the background corner.
+#: each of the study's single-point strategies, the bilateral pair and ``center_inside`` included
+#: (SAM's three masks, the best-fitting one trained), and a foreground point with a negative one.
+#: Two thirds of the negatives are ``background_far`` (anywhere in the brain, 20 px or more from
+#: the tumor) and one third the tight box's corner: trained on corners alone, a negative point says
+#: where the tumor is, and the model learns to segment around it (SPEC E6).
 TRAIN_MIX: dict[str, float] = {
     "box:0": 0.15,
     "box:10": 0.15,
-    "box:20": 0.2,
-    **{name: 0.375 / 6 for name in ("random_box", "random_mask", "random_gaussian",
-                                     "center_box", "center_mask", "center_gaussian")},
-    "random_mask+background": 0.0625,
-    "center_gaussian+background": 0.0625,
+    "box:20": 0.15,
+    **{name: 0.43 / 9 for name in ("random_box", "random_mask", "random_gaussian", "random_bilateral",
+                                    "center_box", "center_mask", "center_gaussian", "center_bilateral",
+                                    "center_inside")},
+    "random_mask+background": 0.02,
+    "center_gaussian+background": 0.02,
+    "random_mask+background_far": 0.04,
+    "center_gaussian+background_far": 0.04,
 }
 #: Prompts of the validation score (seed 0); a checkpoint's score is their mean IoU.
-VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background")
+VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background_far")
 #: Trainable parts: option name -> submodule of :class:`SamModel`.
 PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder"}
 

@@ -4,6 +4,8 @@
   box, the predicted mask and its IoU.
 * :class:`WeightExplorer`: Gaussian or bilateral weights with their sigma sliders (sigma; sigma_s
   and sigma_r); redraws the weight map, the chosen point and the predicted mask.
+* :class:`CompareExplorer`: a prompt chooser; the same drawn prompt decoded by two models
+  (pretrained and fine-tuned) side by side.
 
 Each explorer keeps its controls as attributes, redraws whenever one changes, and records what
 it drew (``state``, ``renders``, ``last_update_s``, ``error``), so tests set values from Python
@@ -28,7 +30,7 @@ from .models import single_thread
 from .prompts import PromptSpec, Target
 from .workbook import weight_map
 
-__all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "figure_png"]
+__all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "CompareExplorer", "figure_png"]
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -241,3 +243,50 @@ class WeightExplorer(Explorer):
         where = "on the mask" if s["on_mask"] else "OFF the mask"
         return (f"{s['slice']}, {s['spec']} (seed {s['seed']}): point ({x:.1f}, {y:.1f}) {where}, "
                 f"IoU {s['iou']:.3f} (predicted {s['pred_iou']:.3f})")
+
+
+class CompareExplorer(Explorer):
+    """Two models on the same prompt: ``models`` maps a label to a model sharing ``cache``'s image
+    encoder (fine-tuning the decoder leaves the embeddings as they are); ``prompts`` are the
+    study's names offered in the dropdown."""
+
+    def __init__(self, models: dict, cache, slices, prompts: Sequence[str], prompt: str | None = None,
+                 seed: int = 0, slice_index: int = 0):
+        first = next(iter(models.values()))
+        if any(m.encoder_key != first.encoder_key for m in models.values()):
+            raise ValueError("the models must share their image encoder (one embedding cache serves both)")
+        super().__init__(first, cache, slices, seed, slice_index)
+        self.models = dict(models)
+        self.prompt = widgets.Dropdown(options=list(prompts), value=prompt or prompts[0], description="prompt",
+                                       layout=widgets.Layout(width="360px"))
+        self.prompt.add_class("samhw-prompt")
+        self._finish([[self.prompt]])
+
+    def compute(self) -> dict:
+        """One prompt drawn on the current slice, decoded by each model from the cached embedding."""
+        item, spec = self.current, PromptSpec.parse(self.prompt.value)
+        prompt = spec.draw(self.target(), int(self.seed.value))
+        embedding = self.cache.get(item.image)
+        results = {}
+        for label, model in self.models.items():
+            with single_thread(model.device):
+                masks, scores = model.predict(embedding, [prompt], item.mask.shape, spec.multimask)
+            results[label] = {"mask": masks[0], "iou": iou(masks[0], item.mask), "pred_iou": float(scores[0])}
+        return {"spec": spec.name, "seed": int(self.seed.value), "slice": item.slice_id, "prompt": prompt,
+                "models": results}
+
+    def render(self, state: dict) -> bytes:
+        item, target = self.current, self.target()
+        fig = Figure(figsize=(4.2 * len(state["models"]), 4.4), dpi=90)
+        axes = fig.subplots(1, len(state["models"]), squeeze=False)[0]
+        for ax, (label, result) in zip(axes, state["models"].items()):
+            plots.draw_prediction(ax, item.image, item.mask, result["mask"], state["prompt"],
+                                  f"{label}\n{state['spec']}: IoU {result['iou']:.3f}")
+            plots.zoom_to(ax, target.box, item.mask.shape, 40)
+        fig.tight_layout()
+        return figure_png(fig)
+
+    def summary(self) -> str:
+        s = self.state
+        scores = ", ".join(f"{label} IoU {r['iou']:.3f} (predicted {r['pred_iou']:.3f})" for label, r in s["models"].items())
+        return f"{s['slice']}, {s['spec']} (seed {s['seed']}): {scores}"

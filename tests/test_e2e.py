@@ -81,7 +81,7 @@ def test_quick_study_writes_every_result_and_reruns_identically(data_dir, cache_
                  "fig_gallery.png"]:
         assert (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["prompt"]) == [p for e in ("E1", "E2", "E3") for p in EXPERIMENTS[e]]
+    assert list(summary["prompt"]) == [p for e in ("E1", "E2", "E3", "E6") for p in EXPERIMENTS[e]]
     meta = json.loads((out / "summary.json").read_text())
     assert meta["splits"]["test"]["slices"] == 2 and meta["seeds"] == [0, 1]
     first = (out / "summary.csv").read_bytes()
@@ -125,3 +125,21 @@ def test_study_compares_a_finetuned_checkpoint_and_reuses_the_pretrained_rows(da
                       "<!-- results:end -->\n")
     assert main(args + ["--readme", str(readme)]) == 0  # the pretrained study alone still shows the comparison
     assert "| test origin | test fine-tuned |" in readme.read_text()
+
+
+def test_study_with_a_new_experiment_evaluates_only_its_prompts_and_matches_a_full_run(data_dir, cache_dir, tmp_path,
+                                                                                       capsys):
+    base = ["study", "--data", str(data_dir), "--limit", "2", "--seeds", "2", "--device", "cpu",
+            "--cache", str(cache_dir), "--quiet"]
+    extended, full = tmp_path / "extended", tmp_path / "full"
+    assert main(base + ["--out", str(extended), "--experiments", "E1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--out", str(extended), "--experiments", "E1", "E6", "--reuse"]) == 0
+    assert "lacks background_far, center_gaussian+background_far: evaluating those only" in capsys.readouterr().err
+    assert main(base + ["--out", str(full), "--experiments", "E1", "E6"]) == 0
+    assert (extended / "rows_test.csv").read_bytes() == (full / "rows_test.csv").read_bytes()
+    assert (extended / "summary.csv").read_bytes() == (full / "summary.csv").read_bytes()
+    assert not (extended / "rows_test.extra.csv").exists()
+    record = json.loads((extended / "rows_test.json").read_text())
+    assert record["config"]["prompts"] == [*EXPERIMENTS["E1"], *EXPERIMENTS["E6"]]
+    assert record["command"].endswith("--experiments E1") and record["extensions"][0]["prompts"] == EXPERIMENTS["E6"]

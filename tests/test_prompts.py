@@ -33,6 +33,8 @@ from samhw.prompts import (
     box_from_mask,
     dominant_color,
     jitter_box,
+    background_level,
+    inner_distance,
     normalize_log_weights,
     parse_prompts,
     prompt_rng,
@@ -327,7 +329,8 @@ def test_every_strategy_is_registered_with_its_label():
     assert POINT_STRATEGIES["background"].label == 0
     assert {n for n, s in POINT_STRATEGIES.items() if not s.random} == {
         "center_box", "center_mask", "center_gaussian", "center_bilateral", "center_box_snapped",
-        "center_mask_snapped", "center_gaussian_snapped", "center_bilateral_snapped"}
+        "center_mask_snapped", "center_gaussian_snapped", "center_bilateral_snapped", "center_inside"}
+    assert POINT_STRATEGIES["background_far"].label == 0 and POINT_STRATEGIES["background_far"].random
 
 
 def test_combination_reuses_the_single_prompts_draws():
@@ -390,3 +393,72 @@ def test_sigmas_outside_their_range_are_refused_saying_the_range():
     assert len(PromptSpec.parse(f"random_gaussian:sigma={high!r}").name) < 40
     with pytest.raises(PromptError, match="seed"):
         prompt_rng(-1, "x", "y")
+
+
+# ----------------------------------------------------------------------------- E5 first click, E6 far negative
+
+
+def test_center_inside_is_the_mask_pixel_farthest_from_the_boundary():
+    # the L's bars are 3 pixels thick: the pixels at distance 2 from a non-mask pixel are the bars'
+    # middle lines, (4..9, 3) and (4, 4..7); their mean is (5.5, 4.0), and of the two tied nearest
+    # to it, (5, 3) and (6, 3), the first in row-major order wins
+    distance = inner_distance(l_mask())
+    assert distance.max() == 2.0 and distance[l_mask() == 0].max() == 0.0
+    assert distance[3, 9] == 2.0 and distance[7, 4] == 2.0 and distance[4, 7] == 1.0
+    prompt = draw("center_inside")
+    assert prompt.points.tolist() == [[5.0, 3.0]] and prompt.labels.tolist() == [1] and prompt.off_target == 0
+    # an asymmetric block: 3 rows by 7 columns at rows 1-3, columns 8-14 -> its centre (x=11, y=2)
+    block = np.zeros((H, W), bool)
+    block[1:4, 8:15] = True
+    assert draw("center_inside", mask=block).points.tolist() == [[11.0, 2.0]]
+
+
+def test_center_inside_counts_the_image_border_as_boundary():
+    mask = np.zeros((H, W), bool)
+    mask[:, :6] = True  # the left six columns: without the border rule the farthest pixel would sit at x=0
+    assert draw("center_inside", mask=mask).points[0].tolist() == [2.0, 5.0]
+
+
+def head_image(bright: tuple[slice, slice]) -> np.ndarray:
+    image = np.full((H, W, 3), 3, np.uint8)
+    image[bright] = 150
+    return image
+
+
+def test_background_level_separates_a_dark_background_from_the_head():
+    image = head_image((slice(0, 12), slice(0, 10)))
+    level = background_level(image)
+    assert 3 <= level < 150
+    assert ((image.mean(axis=2) > level) == (np.arange(W)[None, :] < 10)).all()
+
+
+def test_background_far_is_a_brain_pixel_far_from_the_tumor():
+    mask = np.zeros((H, W), bool)
+    mask[1:3, 1:3] = True  # tumor in the upper left of a head filling columns 0-9
+    image = head_image((slice(0, 12), slice(0, 10)))
+    got = [tuple(draw("background_far:min_distance=6", seed, mask=mask, image=image).points[0]) for seed in range(400)]
+    for x, y in got:
+        assert x < 10, "only head pixels (the bright columns)"
+        assert min(math.hypot(x - c, y - r) for r, c in zip(*np.nonzero(mask))) >= 6
+    expected = {(float(c), float(r)) for r in range(H) for c in range(10)
+                if min(math.hypot(c - cc, r - rr) for rr, cc in zip(*np.nonzero(mask))) >= 6}
+    assert set(got) == expected  # uniform over all of them: every candidate is drawn
+    prompt = draw("background_far:min_distance=6", mask=mask, image=image)
+    assert prompt.labels.tolist() == [0] and prompt.off_target == 0
+
+
+def test_background_far_falls_back_to_the_farthest_brain_pixels():
+    mask = np.zeros((H, W), bool)
+    mask[:, :8] = True
+    image = head_image((slice(0, 12), slice(0, 11)))  # head columns 0-10: none of them 20 px from the tumor
+    got = points("background_far", range(100), mask=mask, image=image)
+    assert got == {(10.0, float(y)) for y in range(H)}
+
+
+def test_background_far_needs_the_image_and_names_a_distance():
+    with pytest.raises(ValueError, match="needs the image"):
+        PromptSpec.parse("background_far").draw(Target(l_mask(), None, "L"), 0)
+    assert PromptSpec.parse("background_far").needs_image and not PromptSpec.parse("background").needs_image
+    assert PromptSpec.parse("background_far:min_distance=20").name == "background_far"
+    with pytest.raises(PromptError, match="min_distance"):
+        PromptSpec.parse("background_far:min_distance=-1")

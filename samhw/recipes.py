@@ -1,0 +1,61 @@
+"""The fine-tuning recipes tried, kept and dropped alike, as one table (pandas only).
+
+Each recipe is a training record in a folder (``results/finetune-recipes/<name>.json``: the run's
+command, options and per-epoch validation scores, as ``finetune`` writes them in ``log.json``).
+Validation prompt sets changed between recipes, so the table compares them on the prompts they
+share, besides each one's own mean.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["read_recipes", "recipes_markdown"]
+
+
+def read_recipes(folder: str | Path) -> list[dict]:
+    """Every ``*.json`` training record in ``folder``, sorted by name, with its name added."""
+    records = []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = json.loads(path.read_text())
+        if "epochs" not in record or "options" not in record:
+            raise ValueError(f"{path}: not a training record (needs 'options' and 'epochs', as finetune's log.json)")
+        records.append({"name": path.stem, **record})
+    return records
+
+
+def _best(record: dict) -> dict:
+    """The epoch the run chose (its ``best``), as logged."""
+    chosen = record["best"]["epoch"]
+    return next(e for e in record["epochs"] if e["epoch"] == chosen)
+
+
+def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
+    """A Markdown table of the recipes in ``folder``: parts trained, epochs, negatives in the mix,
+    the chosen epoch's validation mean, and the mean over the validation prompts all recipes share.
+    ``kept`` names the recipe whose weights are shipped."""
+    records = read_recipes(folder)
+    if not records:
+        raise ValueError(f"{folder}: no training records")
+    shared = sorted(set.intersection(*(set(_best(r)["val"]) for r in records)))
+    rows = []
+    for record in records:
+        best, options = _best(record), record["options"]
+        negatives = sorted({part for name, weight in options["mix"] if weight > 0
+                            for part in name.split("+") if part.startswith("background")})
+        rows.append({
+            "recipe": f"`{record['name']}`" + (" (shipped)" if record["name"] == kept else ""),
+            "parts": ", ".join(options["parts"]),
+            "epochs": options["epochs"],
+            "device": best.get("device", ""),
+            "negatives": ", ".join(negatives) or "none",
+            "chosen epoch": best["epoch"],
+            "val mean (own prompts)": f"{best['val_mean']:.3f}",
+            f"val mean ({', '.join(shared)})": f"{sum(best['val'][p] for p in shared) / len(shared):.3f}",
+        })
+    table = pd.DataFrame(rows)
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)

