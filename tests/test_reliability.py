@@ -72,7 +72,7 @@ def reference(data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
     out, cache = folder / "rows.csv", folder / "cache"
     env = {**os.environ, "SAMHW_DATA": str(data_dir)}
-    subprocess.run(_command(out, cache), cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(_command(out, cache), cwd=REPO, env=env, check=True, capture_output=True, timeout=3600)
     return out.read_bytes(), cache / "onnx"
 
 
@@ -85,7 +85,7 @@ def _fresh_cache(reference, tmp_path: Path) -> Path:
 
 def _resume(out: Path, cache: Path, data_dir: Path) -> str:
     env = {**os.environ, "SAMHW_DATA": str(data_dir)}
-    done = subprocess.run(_command(out, cache), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_command(out, cache), cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr
     return done.stderr
 
