@@ -163,7 +163,8 @@ def test_temporaries_of_dead_writers_are_swept(lite_model, images, tmp_path):
     cache = EmbeddingCache(lite_model, tmp_path)
     path = cache.path(images[1])
     path.parent.mkdir(parents=True)
-    dead, alive = path.with_name(f"{path.name}.999999999.tmp"), path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # 999999999 is above any pid limit; this test's parent process is alive (and writes nothing here)
+    dead, alive = path.with_name(f"{path.name}.999999999.tmp"), path.with_name(f"{path.name}.{os.getppid()}.tmp")
     for tmp in (dead, alive):
         tmp.write_bytes(b"half a file")
         os.utime(tmp, (time.time() - 120,) * 2)
