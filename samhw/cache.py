@@ -3,9 +3,12 @@
 Layout: ``ROOT/<encoder key>-<backend>-<storage dtype>/<ab>/<sha256 of the image>.npy``,
 where the encoder key holds the model name, input size, normalisation and a fingerprint of the
 image encoder's weights, so a changed checkpoint never reuses old embeddings (a fine-tuned
-decoder does reuse them: its encoder is unchanged). Files are written to a temporary name and
-renamed, so a killed run leaves no half file under a real name; a file that fails to load or
-has the wrong shape is treated as missing, recomputed and counted.
+decoder does reuse them: its encoder is unchanged). Each file is the ``.npy`` array followed by a
+32-byte blake2b digest of it (``np.load`` still reads it), checked on every load. Files are written
+through :mod:`samhw.fileio` (a temporary name and a rename, the temporary removed on failure), so a
+killed run leaves no half file under a real name; a file that fails to load, has the wrong size or
+shape, or does not match its digest is treated as missing, recomputed and counted. A file of the
+earlier format (no digest) cannot be verified: it is recomputed and rewritten, not counted.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import hashlib
 import io
 import os
 import time
+from contextlib import suppress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .fileio import atomic_write, sweep_temporaries
+
 if TYPE_CHECKING:
     from .models import SamModel
 
 __all__ = ["EmbeddingCache", "CacheStats", "default_cache_dir"]
 
 EMBEDDING_SHAPE = (256, 64, 64)
+#: Bytes of the blake2b digest that ends each embedding file.
+DIGEST_SIZE = 32
 #: Threads writing embedding files while the encoder runs (each file is synced to disk).
 WRITER_THREADS = 4
 
@@ -38,6 +46,10 @@ def default_cache_dir() -> Path:
         return Path(os.environ["SAMHW_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "samhw"
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
 def image_key(image: np.ndarray) -> str:
@@ -54,7 +66,7 @@ class CacheStats:
 
     cached: int = 0
     computed: int = 0
-    damaged: int = 0  # files that failed to load and were recomputed
+    damaged: int = 0  # files that failed to load or to match their digest, recomputed
     seconds: float | None = None  # spent computing and writing
 
     def __str__(self) -> str:
@@ -77,61 +89,64 @@ class EmbeddingCache:
         self.damaged = 0
         buffer = io.BytesIO()
         np.save(buffer, np.zeros(EMBEDDING_SHAPE, self.storage))
-        self.file_size = buffer.tell()
+        self._array_size = buffer.tell()  # the earlier format: the array alone
+        self.file_size = self._array_size + DIGEST_SIZE
 
     def path(self, image: np.ndarray) -> Path:
         key = image_key(image)
         return self.folder / key[:2] / f"{key}.npy"
 
     def load(self, image: np.ndarray) -> torch.Tensor | None:
-        """The cached (1, 256, 64, 64) float32 embedding of ``image``, or None if absent or damaged."""
+        """The cached (1, 256, 64, 64) float32 embedding of ``image``, or None if absent or damaged
+        (a damaged file is removed and counted in ``damaged``)."""
         path = self.path(image)
-        if not path.exists():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            data = b""
+        if len(data) == self._array_size:  # the earlier format, without a digest: recomputed
             return None
         try:
-            array = np.load(path, allow_pickle=False)
+            body, digest = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
+            if len(data) != self.file_size or _digest(body) != digest:
+                raise ValueError("size or digest does not match")
+            array = np.load(io.BytesIO(body), allow_pickle=False)
             if array.shape != EMBEDDING_SHAPE or array.dtype != self.storage:
                 raise ValueError(f"shape {array.shape} {array.dtype}")
         except (ValueError, OSError, EOFError):
             self.damaged += 1
-            path.unlink(missing_ok=True)
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
             return None
         return torch.from_numpy(array.astype(np.float32))[None]
 
     def _write(self, path: Path, embedding: np.ndarray) -> None:
-        """Write one (256, 64, 64) embedding to ``path`` (:meth:`path` of its image) atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, embedding.astype(self.storage).reshape(EMBEDDING_SHAPE))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        """Write one (256, 64, 64) embedding to ``path`` (:meth:`path` of its image) atomically, with its digest."""
+        buffer = io.BytesIO()
+        np.save(buffer, embedding.astype(self.storage).reshape(EMBEDDING_SHAPE))
+        body = buffer.getvalue()
+        atomic_write(path, lambda handle: handle.write(body + _digest(body)))
 
     def count(self) -> int:
         """How many embeddings this cache folder holds."""
         return sum(1 for _ in self.folder.glob("*/*.npy")) if self.folder.exists() else 0
 
-    def _sweep_stale_tmp(self, age_s: float = 3600) -> None:
-        if self.folder.exists():
-            for tmp in self.folder.glob("*/*.tmp"):
-                if time.time() - tmp.stat().st_mtime > age_s:
-                    tmp.unlink(missing_ok=True)
-
     def ensure(self, images: Sequence[np.ndarray], batch_size: int | None = None, progress: bool = True) -> CacheStats:
         """Encode and store every image not yet cached, ``batch_size`` at a time (default 4 on
         the CPU, 32 on CUDA); returns what was reused and computed."""
         batch_size = batch_size or (32 if self.model.device.type == "cuda" else 4)
-        self._sweep_stale_tmp()
+        sweep_temporaries(self.folder, "*/*.tmp")
         damaged_before = self.damaged
         missing: dict[Path, np.ndarray] = {}  # an image that occurs twice is encoded once
         for image in images:
             path = self.path(image)
-            if path.exists():
-                if path.stat().st_size == self.file_size:
-                    continue
+            size = path.stat().st_size if path.exists() else None
+            if size == self.file_size:
+                continue  # its digest is checked when it is loaded
+            if size is not None and size != self._array_size:
                 self.damaged += 1
-                path.unlink(missing_ok=True)
             missing.setdefault(path, image)
         todo = list(missing.items())
         started = time.perf_counter()

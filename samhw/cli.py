@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["main"]
@@ -165,7 +167,9 @@ def _cmd_split(args: argparse.Namespace) -> None:
     lines = ["patient,split,slices"] + [f"{p},{split_of(p)},{n}" for p, n in sorted(patients.items())]
     text = "\n".join(lines) + "\n"
     if args.write:
-        Path(args.write).write_text(text)
+        from .fileio import atomic_write_text
+
+        atomic_write_text(args.write, text)
         print(f"wrote {len(patients)} patients to {args.write}")
     else:
         print(text, end="")
@@ -368,6 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a ``timeout`` wrapper, a scheduler, a closed notebook kernel)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
+def _storage_option(err, args: argparse.Namespace) -> str:
+    """The option that chooses the folder of a failed write: ``--cache``, else ``--out`` (if the command has it)."""
+    from .cache import default_cache_dir
+
+    cache = Path(args.cache).expanduser() if getattr(args, "cache", None) else default_cache_dir()
+    if Path(err.path).resolve().is_relative_to(cache.resolve()):
+        return " with --cache"
+    return " with --out" if hasattr(args, "out") else ""
+
+
 def _say_shipped(args: argparse.Namespace) -> None:
     """One line on stderr for each shipped model named by the options: where its weights came from."""
     from .shipped import is_shipped, origin, sidecar
@@ -378,21 +400,34 @@ def _say_shipped(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors the user can fix are one ``error:`` line and exit code 2, Ctrl-C and
+    SIGTERM stop it (exit codes 130 and 143) keeping what is finished."""
     from .data import DataError
+    from .fileio import StorageError
     from .models import ModelError
     from .prompts import EmptyMaskError, PromptError
     from .train import FinetuneError
+    from .workers import WorkerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         _say_shipped(args)
         args.func(args)
-    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError) as err:
+    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, WorkerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished slices are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    except StorageError as err:
+        print(f"error: {err}{_storage_option(err, args)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        how = "terminated" if isinstance(err, _Terminated) else "interrupted"
+        print(f"\n{how}: finished slices are kept; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(err, _Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -6,12 +6,14 @@ evaluated once, with the first seed; its interval over seeds is undefined and re
 from __future__ import annotations
 
 import csv
+import io
 import json
-import multiprocessing
 import os
 import sys
+import threading
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -22,10 +24,12 @@ from tqdm.auto import tqdm
 
 from .cache import CacheStats, EmbeddingCache
 from .data import Dataset, Slice
+from .fileio import atomic_write, atomic_write_text, storage_errors
 from .metrics import mean_interval, scores_from_counts
 from .models import SamModel, single_thread
 from .prompts import Prompt, PromptSpec, draw_prompts
 from .stats import format_interval
+from .workers import WorkerPool
 
 __all__ = ["ROW_FIELDS", "plan", "evaluate_slice", "score_prompts", "evaluate", "evaluate_to_csv", "run_config", "summarize", "format_summary"]
 
@@ -140,8 +144,12 @@ def evaluate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, specs: Se
         stats = cache.ensure([s.image for s in todo], progress=progress)
         tqdm.write(f"{stats} (cache: {cache.folder})", file=sys.stderr)
     if workers <= 1 or len(todo) <= 1:
+        damaged_before = cache.damaged
         for item in tqdm(todo, **bar):
             yield evaluate_slice(model, cache.get(item.image), item, pairs, dataset.split, batch_size)
+        if cache.damaged > damaged_before:
+            tqdm.write(f"embeddings: {cache.damaged - damaged_before} damaged cache files recomputed "
+                       f"(cache: {cache.folder})", file=sys.stderr)
     elif on_cpu:
         yield from _slices_in_workers(model, cache, todo, pairs, dataset.split, batch_size, workers, bar)
     else:
@@ -163,9 +171,8 @@ def _prompts_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice
                         batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
     """Prompts drawn by ``workers`` CPU processes (numpy only) and embeddings read by a thread while
     this process decodes: on a GPU decoding a slice takes milliseconds, so drawing would set the pace."""
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as drawers, \
-            ThreadPoolExecutor(1) as reader:
-        drawn = _in_order(lambda s: drawers.submit(draw_prompts, s.mask, s.image, s.slice_id, pairs), todo, 4 * workers)
+    with WorkerPool(workers) as drawers, ThreadPoolExecutor(1) as reader:
+        drawn = drawers.imap(draw_prompts, ((s.mask, s.image, s.slice_id, pairs) for s in todo), 4 * workers)
         embeddings = _in_order(lambda s: reader.submit(lambda: cache.get(s.image).to(model.device)), todo, 2)
         for item, prompts, embedding in tqdm(zip(todo, drawn, embeddings), total=len(todo), **bar):
             yield score_prompts(model, embedding, item, pairs, prompts, split, batch_size)
@@ -173,18 +180,21 @@ def _prompts_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice
 
 def _slices_in_workers(model: SamModel, cache: EmbeddingCache, todo: list[Slice], pairs: list, split: str,
                        batch_size: int, workers: int, bar: dict) -> Iterator[list[dict]]:
-    """Whole slices (encode if not cached, draw, decode) in ``workers`` processes of one thread (the CPU path)."""
+    """Whole slices (encode if not cached, draw, decode) in ``workers`` processes of one thread (the CPU path).
+
+    The workers stop with this generator: at its end, on an error or interruption (they are
+    terminated), and with this process however it ends (:mod:`samhw.workers`)."""
     model.export_encoder()  # once, before the workers look for it
     setup = (model.name, model.checkpoint, model.plain, str(model.onnx_dir), str(cache.root), cache.storage.name,
              model.fingerprint())
-    computed = 0
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=setup) as pool:
+    computed = damaged = 0
+    with WorkerPool(workers, initializer=_worker_setup, initargs=setup) as pool:
         tasks = ((item, pairs, split, batch_size) for item in todo)
-        for rows, encoded in tqdm(pool.map(_worker_slice, tasks), total=len(todo), **bar):
+        for rows, encoded, found_damaged in tqdm(pool.imap(_worker_slice, tasks), total=len(todo), **bar):
             computed += encoded
+            damaged += found_damaged
             yield rows
-    tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed)} by {workers} "
+    tqdm.write(f"{CacheStats(cached=len(todo) - computed, computed=computed, damaged=damaged)} by {workers} "
                f"workers (cache: {cache.folder})", file=sys.stderr)
 
 
@@ -193,6 +203,9 @@ _WORKER: dict = {}
 
 def _worker_setup(name, checkpoint, plain, onnx_dir, cache_root, storage, fingerprint) -> None:
     torch.set_num_threads(1)
+    # No progress bars here: a thread lock keeps tqdm from making a multiprocessing semaphore, which a
+    # worker stopped at once (samhw.workers) would leave to the resource tracker to complain about.
+    tqdm.set_lock(threading.RLock())
     from .models import load_model
 
     model = load_model(name, checkpoint, "cpu", plain=plain)
@@ -203,14 +216,17 @@ def _worker_setup(name, checkpoint, plain, onnx_dir, cache_root, storage, finger
     _WORKER.update(model=model, cache=EmbeddingCache(model, cache_root, storage))
 
 
-def _worker_slice(task) -> tuple[list[dict], bool]:
-    item, pairs, split, batch_size = task
+def _worker_slice(item: Slice, pairs: list, split: str, batch_size: int) -> tuple[list[dict], bool, int]:
+    """One slice in a worker: its rows, whether its embedding was computed, and how many damaged
+    cache files were found (and recomputed) on the way."""
     model, cache = _WORKER["model"], _WORKER["cache"]
+    damaged_before = cache.damaged
     embedding = cache.load(item.image)
     encoded = embedding is None
     if encoded:
         embedding = cache.get(item.image)
-    return evaluate_slice(model, embedding, item, pairs, split, batch_size), encoded
+    rows = evaluate_slice(model, embedding, item, pairs, split, batch_size)
+    return rows, encoded, cache.damaged - damaged_before
 
 
 def run_config(model: SamModel, dataset: Dataset, specs: Sequence[PromptSpec], seeds: Sequence[int]) -> dict:
@@ -233,7 +249,6 @@ def evaluate_to_csv(path: str | os.PathLike, config: dict, model: SamModel, cach
     """
     path = Path(path)
     part, part_config = path.with_name(path.name + ".part"), path.with_name(path.name + ".part.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     config_text = json.dumps(config, sort_keys=True, default=str)
     done: set[str] = set()
     if part.exists() and part_config.exists() and part_config.read_text() == config_text:
@@ -245,14 +260,23 @@ def evaluate_to_csv(path: str | os.PathLike, config: dict, model: SamModel, cach
                        file=sys.stderr)
     else:
         _write_rows(part, [])
-        part_config.write_text(config_text)
-    with open(part, "a", newline="") as handle:
+        atomic_write_text(part_config, config_text)
+    with storage_errors(part):
+        handle = open(part, "a", newline="")
+    results = evaluate(model, cache, dataset, specs, seeds, batch_size, progress, done=done, workers=workers)
+    try:  # closing the generator on an error stops its workers at once
         writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
-        for rows in evaluate(model, cache, dataset, specs, seeds, batch_size, progress, done=done, workers=workers):
-            writer.writerows(rows)
-            handle.flush()
-    os.replace(part, path)
-    part_config.unlink(missing_ok=True)
+        for rows in results:
+            with storage_errors(part):  # only the writes: an error of the evaluation keeps its own name
+                writer.writerows(rows)
+                handle.flush()
+    finally:
+        results.close()
+        with suppress(OSError):  # every row was flushed; a full disk has been reported already
+            handle.close()
+    with storage_errors(path):
+        os.replace(part, path)
+        part_config.unlink(missing_ok=True)
     return read_rows(path)
 
 
@@ -272,12 +296,16 @@ def _read_complete_slices(part: Path, rows_per_slice: int) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+    """Write ``rows`` (with the header) to the CSV ``path`` atomically."""
+    def write(handle) -> None:
+        text = io.TextIOWrapper(handle, newline="")
+        writer = csv.DictWriter(text, fieldnames=ROW_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+        text.flush()
+        text.detach()
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- summary

@@ -42,6 +42,7 @@ __all__ = [
     "build_model",
     "load_model",
     "read_checkpoint",
+    "tensors_digest",
     "resolve_device",
     "single_thread",
     "to_model_frame",
@@ -446,8 +447,30 @@ def _guess_architecture(state: dict) -> str | None:
     return None
 
 
+def tensors_digest(state: dict) -> str:
+    """SHA-256 (hex) of a state dict's tensors: names, dtypes, shapes and bytes, in name order.
+
+    Project checkpoints record it as ``tensors_sha256`` when saved; :func:`read_checkpoint` checks it."""
+    digest = hashlib.sha256()
+    for key, value in sorted(state.items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, record: dict) -> None:
+    """Refuse a project checkpoint whose tensors do not match the digest recorded when it was saved
+    (a checkpoint saved without one, by an earlier samhw, is not checked)."""
+    recorded = record.get("tensors_sha256")
+    if recorded is not None and tensors_digest(record["state_dict"]) != recorded:
+        raise ModelError(f"{path}: damaged checkpoint: its weights do not match the digest recorded when it was "
+                         "saved, so it would give wrong masks; copy it again or train it again")
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a project checkpoint or a plain/official state dict."""
+    """(state_dict, metadata) from a project checkpoint (its tensors checked against their recorded
+    digest) or a plain/official state dict."""
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found; check the path given to --checkpoint")
     try:
@@ -456,6 +479,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise ModelError(f"{path}: cannot load this checkpoint ({type(err).__name__}: {str(err)[:200]}); "
                          "the file may be truncated or not a PyTorch checkpoint: download or train it again") from err
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        verify_checkpoint(path, obj)
         return obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]

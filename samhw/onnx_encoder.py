@@ -2,16 +2,22 @@
 
 The encoder is exported once per weights (a few seconds) to ``<cache>/onnx/<encoder key>.onnx``
 and loaded from there afterwards. Embeddings agree with eager fp32 to about 1e-5.
+
+Beside the file, ``<encoder key>.onnx.blake2b`` holds its digest (hex). A file whose digest is
+missing or does not match (truncated, damaged, or exported by an earlier samhw), or that ONNX Runtime
+cannot load, is exported again instead of being used.
 """
 from __future__ import annotations
 
-import os
+import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from .fileio import atomic_path, atomic_write_text
 
 __all__ = ["OnnxEncoder", "onnx_available"]
 
@@ -29,23 +35,47 @@ def onnx_available() -> bool:
     return True
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".blake2b")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(path: Path) -> bool:
+    """Whether ``path`` exists and matches the digest recorded beside it when it was exported."""
+    try:
+        return _digest_path(path).read_text().strip() == _file_digest(path)
+    except OSError:
+        return False
+
+
 def _export(encoder: nn.Module, input_size: int, path: Path) -> None:
-    """Trace the encoder for a batch of one into an ONNX file, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    """Trace the encoder for a batch of one into an ONNX file, written atomically, then its digest."""
     example = torch.zeros(1, 3, input_size, input_size)
     flags = [p.requires_grad for p in encoder.parameters()]
     for p in encoder.parameters():
         p.requires_grad_(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(encoder, (example,), str(tmp), input_names=["image"], output_names=["embedding"],
                               opset_version=OPSET, dynamo=False)
     finally:
         for p, flag in zip(encoder.parameters(), flags):
             p.requires_grad_(flag)
-    os.replace(tmp, path)
+    atomic_write_text(_digest_path(path), _file_digest(path) + "\n")
+
+
+def remove(path: Path) -> None:
+    """Delete an exported encoder file and its digest."""
+    path.unlink(missing_ok=True)
+    _digest_path(path).unlink(missing_ok=True)
 
 
 class OnnxEncoder:
@@ -59,7 +89,11 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # damaged after the check (ONNX Runtime raises its own classes): export once more
+            _export(encoder, input_size, path)
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         # ONNX Runtime plans a memory pattern from its first run and allocates it, from the second
         # run on, beside that run's arena chunks, which would lie unused (about 250 MB of each
@@ -70,8 +104,8 @@ class OnnxEncoder:
 
     @staticmethod
     def export(encoder: nn.Module, input_size: int, path: Path) -> None:
-        """Export the encoder to ``path`` unless it is there already."""
-        if not path.exists():
+        """Export the encoder to ``path`` unless it is there already and matches its digest."""
+        if not verified(path):
             _export(encoder, input_size, path)
 
     @staticmethod

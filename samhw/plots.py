@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .fileio import atomic_path
 from .prompts import Prompt
 
 __all__ = ["draw_prediction", "margin_curves", "strategy_bars", "gallery", "save", "draw_weights", "weight_grid",
@@ -25,7 +26,9 @@ FG, BG, TRUTH, PRED = "#2ecc40", "#ff4136", "#ffdc00", "#0074d9"
 
 
 def save(fig: Figure, path: str | Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    """Write ``fig`` to ``path`` (its format from the suffix) atomically, and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix[1:], dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 

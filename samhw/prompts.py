@@ -33,6 +33,8 @@ __all__ = [
     "Target",
     "POINT_STRATEGIES",
     "DEFAULT_PARAMS",
+    "MAX_MARGIN",
+    "SIGMA_RANGE",
     "box_from_mask",
     "jitter_box",
     "box_center",
@@ -54,6 +56,14 @@ __all__ = [
 #: ``min_distance`` (px) is how far from the tumor a ``background_far`` point must be.
 DEFAULT_PARAMS: Mapping[str, float] = {"sigma": 100.0, "sigma_s": 100.0, "sigma_r": 40.0, "bin_width": 16,
                                        "min_distance": 20.0}
+#: Largest box margin (px) a prompt name may ask for: larger than any slice's side, so nothing is lost;
+#: at draw time a margin is also clipped to the slice's longer side (moves beyond it end at the border).
+MAX_MARGIN = 4096
+#: Allowed range of the sigmas (px or grey levels): far beyond it the weights are all equal, or all on
+#: the nearest pixels, to double precision.
+SIGMA_RANGE = (1e-9, 1e9)
+#: Largest histogram bin width (grey levels): one bin then holds every value.
+MAX_BIN_WIDTH = 256
 
 
 class EmptyMaskError(ValueError):
@@ -122,6 +132,8 @@ def background_level(image: np.ndarray) -> int:
 def _check_margin(max_margin: int) -> int:
     if isinstance(max_margin, bool) or not isinstance(max_margin, (int, np.integer)):
         raise PromptError(f"box margin must be an integer number of pixels, got {max_margin!r}")
+    if abs(int(max_margin)) > MAX_MARGIN:
+        raise PromptError(f"box margin must be from -{MAX_MARGIN} to {MAX_MARGIN} px, got {max_margin}")
     return int(max_margin)
 
 
@@ -133,12 +145,14 @@ def jitter_box(box: np.ndarray, max_margin: int, rng: np.random.Generator, shape
     tight box's centre pixel, so the box always keeps at least one pixel. Each side uses one
     uniform draw scaled by the margin, so with the same generator state a larger margin never
     gives a smaller move: a margin slider moves the edges monotonically (until inward edges cross).
+    ``|max_margin|`` is at most :data:`MAX_MARGIN` and is clipped to the image's longer side.
     """
+    h, w = shape
     m = _check_margin(max_margin)
+    m = int(np.clip(m, -max(h, w), max(h, w)))
     box = np.asarray(box, dtype=np.int64)
     u = rng.random(4)
     moves = np.minimum(np.floor(u * (abs(m) + 1)), abs(m)).astype(np.int64)
-    h, w = shape
     if m >= 0:
         x0, y0, x1, y1 = box[0] - moves[0], box[1] - moves[1], box[2] + moves[2], box[3] + moves[3]
         return np.array([max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)], dtype=np.int64)
@@ -169,8 +183,10 @@ def normalize_log_weights(log_w: np.ndarray) -> np.ndarray:
 
 def _check_sigma(name: str, sigma: float) -> float:
     sigma = float(sigma)
-    if not (sigma > 0) or math.isnan(sigma):
-        raise PromptError(f"{name} must be a positive number of pixels or grey levels, got {sigma!r}")
+    low, high = SIGMA_RANGE
+    if not low <= sigma <= high:  # also refuses nan and inf
+        raise PromptError(f"{name} must be a positive number of pixels or grey levels from {low:g} to {high:g}, "
+                          f"got {sigma!r}")
     return sigma
 
 
@@ -565,6 +581,9 @@ def _parse_component(part: str, whole: str) -> _Component:
             margin = int(args)
         except ValueError:
             raise PromptError(f"in prompt {whole!r}: box needs an integer max margin, e.g. box:0 or box:-20, got {part!r}") from None
+        if abs(margin) > MAX_MARGIN:
+            raise PromptError(f"in prompt {whole!r}: the box margin must be from -{MAX_MARGIN} to {MAX_MARGIN} px "
+                              f"(a margin beyond the slice's side changes nothing), got {args.strip()[:30]}")
         return _Component("box", margin=margin)
     if name not in POINT_STRATEGIES:
         known = ", ".join(["box:M", *POINT_STRATEGIES])
@@ -580,8 +599,8 @@ def _parse_component(part: str, whole: str) -> _Component:
         except ValueError:
             raise PromptError(f"in prompt {whole!r}: {key} must be a number, got {value!r}") from None
         if key == "bin_width":
-            if params[key] < 1 or params[key] != int(params[key]):
-                raise PromptError(f"in prompt {whole!r}: bin_width must be a whole number >= 1")
+            if not 1 <= params[key] <= MAX_BIN_WIDTH or params[key] != int(params[key]):
+                raise PromptError(f"in prompt {whole!r}: bin_width must be a whole number from 1 to {MAX_BIN_WIDTH}")
         elif key == "min_distance":
             if not 0 <= params[key] <= 1024:
                 raise PromptError(f"in prompt {whole!r}: min_distance must be between 0 and 1024 px")

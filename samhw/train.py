@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, onnx_encoder
 from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
 from .evaluate import evaluate
-from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model
+from .fileio import atomic_write, atomic_write_text, storage_errors
+from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve_device, tensors_digest, verify_checkpoint
 from .prompts import Prompt, PromptError, PromptSpec, Target, parse_prompts, prompt_rng
 from .resources import PeakMemory
 
@@ -241,19 +242,10 @@ def validate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, prompts: 
     return means
 
 
-def _save_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temporary file and a rename: an interrupted run leaves no half file."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _checkpoint(model: SamModel, config: FinetuneConfig, run: dict, epoch: int, log: list, best: dict | None,
                 optimizer: torch.optim.Optimizer | None) -> dict:
-    record = {"format": CHECKPOINT_FORMAT, "model": model.name, "state_dict": model.state_dict(),
+    state = model.state_dict()
+    record = {"format": CHECKPOINT_FORMAT, "model": model.name, "state_dict": state, "tensors_sha256": tensors_digest(state),
               "options": config.to_dict(), **run, "epoch": epoch, "log": log, "best": best, "samhw": __version__}
     if optimizer is not None:
         record["optimizer"] = optimizer.state_dict()
@@ -266,6 +258,7 @@ def _resume(path: Path, config: FinetuneConfig, run: dict, model: SamModel, opti
     except Exception as err:
         raise ModelError(f"{path}: cannot read this checkpoint to resume ({type(err).__name__}); "
                          "delete it to start over") from err
+    verify_checkpoint(path, state)
     stored = FinetuneConfig.from_dict(state["options"])
     if stored != config:
         diff = {k: (v, getattr(config, k)) for k, v in asdict(stored).items() if getattr(config, k) != v}
@@ -296,7 +289,9 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
         raise FinetuneError(f"{last} exists: pass --resume to continue that run, or choose another --out")
     if resume and not last.exists():
         raise FinetuneError(f"{last} not found: nothing to resume (run without --resume to start)")
-    out.mkdir(parents=True, exist_ok=True)
+    resolve_device(device)  # an unusable --device is an error before anything is created
+    with storage_errors(out / "last.pt"):
+        out.mkdir(parents=True, exist_ok=True)
     model = load_model(config.model, config.checkpoint, device, cache_dir=cache_dir)
     base = model.fingerprint()
     train_set = load_dataset(data, "train", skip_bad=skip_bad, limit=config.limit)
@@ -355,7 +350,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
             val = validate(model, val_cache, val_set, config.val_prompts)
             if train_encoder:
                 shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
-                model.onnx_path.unlink(missing_ok=True)
+                onnx_encoder.remove(model.onnx_path)
         loss, mask_loss, iou_loss = (float(v) for v in sums / steps_per_epoch)  # plain floats: weights_only loads
         entry = {"epoch": epoch + 1, "loss": loss, "mask_loss": mask_loss, "iou_loss": iou_loss, "lr_end": lr, "val": val,
                  "val_mean": float(np.mean(list(val.values()))), "train_s": round(train_s, 1),
@@ -367,11 +362,11 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
         if improved:
             best = {"epoch": epoch + 1, "val_mean": entry["val_mean"], "val": val}
             record = _checkpoint(model, config, run, epoch, log, best, None)
-            _save_atomic(best_path, lambda handle: torch.save(record, handle))
+            atomic_write(best_path, lambda handle: torch.save(record, handle))
         record = _checkpoint(model, config, run, epoch, log, best, optimizer)
-        _save_atomic(last, lambda handle: torch.save(record, handle))
+        atomic_write(last, lambda handle: torch.save(record, handle))
         text = json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log}, indent=1) + "\n"
-        _save_atomic(out / "log.json", lambda handle: handle.write(text.encode()))
+        atomic_write_text(out / "log.json", text)
         plots.save(plots.training_curves(log), out / "curves.png")
         tqdm.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation IoU "
                    + ", ".join(f"{p} {v:.3f}" for p, v in val.items())

@@ -114,3 +114,22 @@ def test_in_order_keeps_order_and_bounds_the_lookahead():
     results = ev._in_order(submit, range(6), ahead=2)
     assert next(results) == 0 and submitted == [0, 1, 2]
     assert list(results) == [10, 20, 30, 40, 50] and submitted == list(range(6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_damaged_cache_file_is_recomputed_and_reported(workers, lite_model, real_slices, cache_dir, tmp_path, capsys):
+    specs = parse_prompts(["box:0"])
+    cache = EmbeddingCache(lite_model, cache_dir)
+    cache.ensure([s.image for s in real_slices.slices], progress=False)
+    whole = evaluate_to_csv(tmp_path / "whole.csv", {}, lite_model, cache, real_slices, specs, [0], progress=False,
+                            workers=1)
+    path = cache.path(real_slices.slices[1].image)
+    data = bytearray(path.read_bytes())
+    data[200_000:200_064] = bytes(255 - b for b in data[200_000:200_064])  # same size, shape and dtype
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    rows = evaluate_to_csv(tmp_path / "again.csv", {}, lite_model, cache, real_slices, specs, [0], progress=False,
+                           workers=workers)
+    assert "1 damaged cache files recomputed" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(rows, whole)

@@ -196,3 +196,31 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def _flip_tensor_bytes(path, tensor: torch.Tensor, count: int = 64) -> None:
+    """Invert ``count`` bytes of ``tensor``'s data where it is stored in the file ``path``."""
+    data = bytearray(path.read_bytes())
+    start = data.find(tensor.contiguous().numpy().tobytes())
+    assert start > 0, "the tensor's bytes are not stored as is"
+    data[start:start + count] = bytes(255 - b for b in data[start:start + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_project_checkpoint_is_refused_naming_the_file(lite_model, tmp_path):
+    from samhw import train
+    from samhw.fileio import atomic_write
+
+    record = train._checkpoint(lite_model, train.FinetuneConfig(), {}, 0, [], None, None)
+    path = tmp_path / "best.pt"
+    atomic_write(path, lambda handle: torch.save(record, handle))
+    assert load_model("litemedsam", path, "cpu").fingerprint() == lite_model.fingerprint()
+    _flip_tensor_bytes(path, lite_model.state_dict()["mask_decoder.iou_token.weight"])
+    with pytest.raises(ModelError, match=r"best\.pt: damaged checkpoint"):
+        load_model("litemedsam", path, "cpu")
+    with pytest.raises(ModelError, match="damaged checkpoint"):  # resuming from it is refused too
+        train._resume(path, train.FinetuneConfig(), {}, None, None)
+    # a checkpoint saved without a digest (an earlier samhw) still loads
+    del record["tensors_sha256"]
+    torch.save(record, path)
+    assert load_model("litemedsam", path, "cpu").fingerprint() == lite_model.fingerprint()

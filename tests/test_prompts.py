@@ -17,6 +17,7 @@ The L mask below is not symmetric in x and y, so a swapped coordinate fails thes
      11  ................
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ import pytest
 from samhw.prompts import (
     DEFAULT_PARAMS,
     POINT_STRATEGIES,
+    MAX_MARGIN,
+    SIGMA_RANGE,
     EmptyMaskError,
     PromptError,
     PromptSpec,
@@ -150,6 +153,31 @@ def test_margin_must_be_an_integer():
     for bad in ["box:1.5", "box:x", "box:"]:
         with pytest.raises(PromptError, match="integer"):
             PromptSpec.parse(bad)
+
+
+def test_margins_beyond_the_bound_are_refused_and_large_ones_clipped_to_the_image():
+    for bad in ["box:99999999999999999999999", "box:-99999999999999999999999", f"box:{MAX_MARGIN + 1}"]:
+        with pytest.raises(PromptError, match=f"from -{MAX_MARGIN} to {MAX_MARGIN} px"):
+            PromptSpec.parse(bad)
+    with pytest.raises(PromptError, match="box margin"):  # callers of jitter_box too, before any arithmetic
+        jitter_box(np.array(L_BOX), 2**63 - 1, prompt_rng(0, "L", "box"), (H, W))
+    # the bound itself is allowed; a margin beyond the slice's side is drawn as that side: every box of
+    # box:4096 is a box of box:16 (W = 16, the longer side), seed for seed, and stays on the image
+    for seed in range(20):
+        wide = draw(f"box:{MAX_MARGIN}", seed).box
+        assert np.array_equal(wide, draw("box:16", seed).box)
+        assert 0 <= wide[0] <= wide[2] <= W - 1 and 0 <= wide[1] <= wide[3] <= H - 1
+        assert np.array_equal(draw(f"box:-{MAX_MARGIN}", seed).box, draw("box:-16", seed).box)
+
+
+def test_margins_within_the_image_draw_as_before():
+    # the draw-time clip changes nothing up to the slice's side: the moves are floor(u * (M + 1))
+    for seed in range(20):
+        u = prompt_rng(seed, "L", "box").random(4)
+        for m in (1, 7, 15):
+            left, top, right, bottom = np.floor(u * (m + 1)).astype(int)
+            expected = [max(3 - left, 0), max(2 - top, 0), min(10 + right, W - 1), min(8 + bottom, H - 1)]
+            assert draw(f"box:{m}", seed).box.tolist() == expected
 
 
 # ----------------------------------------------------------------------------- point strategies
@@ -358,6 +386,20 @@ def test_parse_names_and_errors():
             PromptSpec.parse(bad)
     with pytest.raises(PromptError, match="given twice"):
         parse_prompts(["box:0", "box:0"])
+
+
+def test_sigmas_outside_their_range_are_refused_saying_the_range():
+    low, high = SIGMA_RANGE
+    for bad in ["random_gaussian:sigma=1e300", "random_gaussian:sigma=inf", "center_gaussian:sigma=-inf",
+                "random_gaussian:sigma=nan", "center_gaussian:sigma=1e-300", "random_bilateral:sigma_r=inf",
+                "center_bilateral:sigma_s=1e10"]:
+        with pytest.raises(PromptError, match=re.escape(f"from {low:g} to {high:g}")):
+            PromptSpec.parse(bad)
+    for good in [low, high, 100.0]:
+        assert PromptSpec.parse(f"random_gaussian:sigma={good!r}").components[0].params.get("sigma", 100.0) == good
+    with pytest.raises(PromptError, match="from 1 to 256"):
+        PromptSpec.parse("center_bilateral:bin_width=1e300")
+    assert len(PromptSpec.parse(f"random_gaussian:sigma={high!r}").name) < 40
     with pytest.raises(PromptError, match="seed"):
         prompt_rng(-1, "x", "y")
 

@@ -169,3 +169,13 @@ def test_training_forward_stays_fp32_inside_an_autocast_region():
             inside = train.training_forward(model, embedding, prompt, mask.shape, False)
     assert inside[0].dtype == torch.float32 and logits.shape == (1, 256, 256)
     assert torch.equal(inside[0], logits) and torch.equal(inside[1], scores)
+
+
+def test_an_unusable_device_is_refused_before_the_run_folder_is_made(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ModelError, match="--device gpu"):
+        finetune(_quick(), out, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            finetune(_quick(), out, device="cuda")
+    assert not out.exists()
