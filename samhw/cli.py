@@ -182,6 +182,7 @@ def _cmd_split(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
+    from . import plots
     from .train import TRAIN_MIX, VAL_PROMPTS, FinetuneConfig, finetune, parse_mix
 
     config = FinetuneConfig(
@@ -191,7 +192,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         val_prompts=tuple(args.val_prompts or VAL_PROMPTS))
     out = args.out or f"runs/{args.model}-finetuned"
     best = finetune(config, out, data=args.data, device=args.device, cache_dir=args.cache, resume=args.resume,
-                    skip_bad=args.skip_bad, progress=not args.quiet, command="python -m samhw " + " ".join(args.argv))
+                    skip_bad=args.skip_bad, progress=not args.quiet, command="python -m samhw " + " ".join(args.argv),
+                    on_epoch=lambda folder, log: plots.save(plots.training_curves(log), folder / "curves.png"))
     print(f"best epoch {best['epoch']} (mean validation IoU {best['val_mean']:.4f}): {out}/best.pt\n"
           f"compare it with the pretrained model: python -m samhw study --model {args.model} --splits test train "
           f"--finetuned {out}/best.pt")

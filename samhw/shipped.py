@@ -277,9 +277,9 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
         if results is not None else {"absent": "no results folder given"},
         "export_command": command,
     }
-    from .train import _save_atomic
+    from .fileio import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     for file, content in ((target, data), (side, (json.dumps(record, indent=1) + "\n").encode())):
-        _save_atomic(file, lambda handle, content=content: handle.write(content))
+        atomic_write(file, lambda handle, content=content: handle.write(content))
     return record

@@ -22,6 +22,7 @@ from . import __version__
 from .cache import EmbeddingCache
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_to_csv, format_summary, read_rows, run_config, summarize
+from .fileio import atomic_write_text
 from .models import SamModel, load_model
 from .prompts import PromptSpec, Target, parse_prompts
 from .resources import PeakMemory
@@ -136,6 +137,7 @@ def merge_rows(first: Path, second: Path, out: Path, slices: Sequence[str], prom
     run of all ``prompts`` writes them (slice by slice, prompt by prompt, seed by seed), so that the
     file is byte for byte the one a single run would have written. Values are copied as text."""
     import csv
+    import io
 
     from .evaluate import ROW_FIELDS
 
@@ -147,12 +149,11 @@ def merge_rows(first: Path, second: Path, out: Path, slices: Sequence[str], prom
     rows = [row for sid in slices for prompt in prompts for row in by_key.get((sid, prompt), [])]
     if len(rows) != sum(len(v) for v in by_key.values()):
         raise ValueError(f"{first} and {second} hold rows of slices or prompts this study does not have")
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out, text.getvalue())
 
 
 def run_study(
@@ -242,7 +243,7 @@ def run_study(
         else:  # the first run's figures stay; each extension is recorded with the prompts it added
             added = {**run, "prompts": [s.name for s in missing]}
             records[split] = {**partial, "extensions": [*partial.get("extensions", []), added], "config": config}
-        (out / f"rows_{split}.json").write_text(json.dumps(records[split], indent=1) + "\n")
+        atomic_write_text(out / f"rows_{split}.json", json.dumps(records[split], indent=1) + "\n")
     for split, record in _earlier_splits(out, config, splits).items():
         tqdm.write(f"also summarising {split} from rows_{split}.csv (same model, prompts and seeds; made by "
                    f"`{record['command']}`)", file=sys.stderr)
@@ -266,7 +267,7 @@ def run_study(
         "data": str(gallery_from.root), "versions": _versions(), "elapsed_s": round(time.time() - started, 1),
     }
     summary_records = json.loads(summary.to_json(orient="records"))  # NaN -> null
-    (out / "summary.json").write_text(json.dumps({**meta, "summary": summary_records}, indent=1) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({**meta, "summary": summary_records}, indent=1) + "\n")
     print(format_summary(summary))
     print(f"\nwrote {out}/summary.csv, summary.json, rows_*.csv and figures in {time.time() - started:.0f} s")
     return summary

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -275,14 +275,15 @@ def _resume(path: Path, config: FinetuneConfig, run: dict, model: SamModel, opti
 
 def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = None, device: str = "auto",
              cache_dir: str | None = None, resume: bool = False, skip_bad: bool = False,
-             progress: bool = True, command: str | None = None) -> dict:
+             progress: bool = True, command: str | None = None,
+             on_epoch: Callable[[Path, list[dict]], object] | None = None) -> dict:
     """Run (or resume) a fine-tuning run into ``out``; returns the best epoch's record.
 
     Writes ``last.pt`` (every epoch, with the optimizer), ``best.pt`` (highest mean validation
-    IoU), ``log.json`` and ``curves.png``. Both checkpoints load with ``load_model(config.model, path)``.
+    IoU) and ``log.json``. Both checkpoints load with ``load_model(config.model, path)``.
+    ``on_epoch(out, log)`` is called after each epoch's files are written (the command line
+    draws ``curves.png`` there).
     """
-    from . import plots
-
     out = Path(out)
     last, best_path = out / "last.pt", out / "best.pt"
     if last.exists() and not resume:
@@ -367,7 +368,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
         atomic_write(last, lambda handle: torch.save(record, handle))
         text = json.dumps({"options": config.to_dict(), **run, "best": best, "epochs": log}, indent=1) + "\n"
         atomic_write_text(out / "log.json", text)
-        plots.save(plots.training_curves(log), out / "curves.png")
+        if on_epoch is not None:
+            on_epoch(out, log)
         tqdm.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation IoU "
                    + ", ".join(f"{p} {v:.3f}" for p, v in val.items())
                    + f" (mean {entry['val_mean']:.4f}{', best so far: saved best.pt' if improved else ''}); "

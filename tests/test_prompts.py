@@ -24,8 +24,8 @@ import pytest
 
 from samhw.prompts import (
     DEFAULT_PARAMS,
-    POINT_STRATEGIES,
     MAX_MARGIN,
+    POINT_STRATEGIES,
     SIGMA_RANGE,
     EmptyMaskError,
     PromptError,

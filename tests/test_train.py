@@ -109,11 +109,13 @@ def _quick(**kw) -> FinetuneConfig:
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_the_checkpoint_round_trips(data_dir, cache_dir, tmp_path):
     config = _quick(epochs=3, lr=3e-4, warmup_steps=0, mix=(("box:0", 1.0),))
-    best = finetune(config, tmp_path, data=str(data_dir), device="cpu", cache_dir=str(cache_dir), progress=False)
+    seen = []
+    best = finetune(config, tmp_path, data=str(data_dir), device="cpu", cache_dir=str(cache_dir), progress=False,
+                    on_epoch=lambda folder, log: seen.append((folder, len(log), (folder / "log.json").is_file())))
     log = json.loads((tmp_path / "log.json").read_text())
     losses = [e["loss"] for e in log["epochs"]]
     assert losses[-1] < losses[0], losses
-    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert seen == [(tmp_path, 1, True), (tmp_path, 2, True), (tmp_path, 3, True)]
     assert best["epoch"] == max(log["epochs"], key=lambda e: e["val_mean"])["epoch"]
     tuned = load_model("litemedsam", tmp_path / "best.pt", device="cpu")
     base = load_model("litemedsam", device="cpu")
