@@ -114,3 +114,12 @@ def test_refine_imports_neither_torch_nor_views():
     code = ("import sys, samhw.refine; bad = [m for m in ('torch', 'samhw.plots', 'samhw.widgets', 'samhw.workbook',"
             " 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_the_readme_e5_tables_are_the_committed_ones():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    block = (repo / "README.md").read_text().split("<!-- e5:start", 1)[1].split("<!-- e5:end -->", 1)[0]
+    for folder in ("litemedsam", "litemedsam-finetuned"):
+        assert (repo / "results" / folder / "e5_tables.md").read_text().strip() in block, folder

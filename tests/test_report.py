@@ -29,8 +29,10 @@ def test_committed_study_is_the_default_run_and_complete():
     assert test["command"] == "python -m samhw study --readme README.md"  # the README's main job, on the defaults
     assert test["limit"] is None and meta["seeds"] == [0, 1, 2]
     assert test["slices"] == 253 and test["skipped"] == []
+    # E6 came later: its prompts were added by a --reuse run that evaluated them alone
+    assert [e["prompts"] for e in test.get("extensions", [])] == [EXPERIMENTS["E6"]]
     summary = pd.read_csv(RESULTS / "summary.csv")
-    assert list(dict.fromkeys(summary["prompt"])) == [p for e in ("E1", "E2", "E3") for p in EXPERIMENTS[e]]
+    assert list(dict.fromkeys(summary["prompt"])) == [p for e in ("E1", "E2", "E3", "E6") for p in EXPERIMENTS[e]]
     rows = pd.read_csv(RESULTS / "rows_test.csv")
     assert rows["slice"].nunique() == 253 and rows.groupby("prompt")["slice"].nunique().eq(253).all()
     # the summary is the rows' summary (nothing edited by hand)
