@@ -148,7 +148,8 @@ def _per_slice_noc(rows: pd.DataFrame, max_clicks: int) -> pd.DataFrame:
     for key, group in rows.sort_values("k", kind="stable").groupby(keys, sort=False):
         ious = group["iou"].to_numpy()
         out.append({**dict(zip(keys, key)),
-                    **{f"noc{round(t * 100)}": clicks_to_reach(ious, t, max_clicks) for t in NOC_THRESHOLDS}})
+                    **{f"noc{round(t * 100)}": clicks_to_reach(ious, t, max_clicks) for t in NOC_THRESHOLDS},
+                    **{f"reached{round(t * 100)}": bool((ious[: max_clicks + 1] >= t).any()) for t in NOC_THRESHOLDS}})
     return pd.DataFrame(out)
 
 
@@ -170,7 +171,8 @@ def noc_table(rows: pd.DataFrame, max_clicks: int = MAX_CLICKS) -> pd.DataFrame:
                 mean, lo, hi = bootstrap_patients(group[col], group["patient"], level)
                 suffix = "" if level == "slice" else "_patient"
                 record.update({f"{col}{suffix}": mean, f"{col}{suffix}_lo": lo, f"{col}{suffix}_hi": hi})
-            record[f"reached{round(t * 100)}"] = float((group[col] < max_clicks).mean())
+            # NoC is max_clicks both when reached at the last click and when never reached
+            record[f"reached{round(t * 100)}"] = float(group[f"reached{round(t * 100)}"].mean())
         out.append(record)
     return pd.DataFrame(out)
 

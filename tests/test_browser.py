@@ -157,3 +157,72 @@ def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
         finally:
             browser.close()
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+CLICK_DEMO = """\
+from samhw import workbook
+from samhw.click_widget import ClickSegmenter
+from samhw.models import load_model
+model, cache = workbook.live_model(device="cpu")
+tuned = load_model("litemedsam-lgg", device="cpu")  # the shipped model: it follows points, the pretrained one barely
+item = workbook.live_slices("test", 3).slices[1]
+segmenter = ClickSegmenter({"fine-tuned": (tuned, cache.get(item.image))}, item.image, item.mask)
+segmenter"""
+
+
+def test_clicking_the_picture_in_chromium_segments_and_a_negative_click_shrinks(lab, data_dir):
+    """A click on the picture gives a mask; a Shift+click (negative) on the tumor shrinks it."""
+    playwright = _playwright()
+    import numpy as np
+
+    from samhw.data import load_dataset
+
+    url, token, tmp_path = lab
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CLICK_DEMO)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "lab" / "click.ipynb")
+    item = load_dataset(data_dir, "test", limit=3).slices[1]
+    ys, xs = np.nonzero(item.mask)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1200})
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/lab/tree/click.ipynb?token={token}")
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            image = page.locator("img.samhw-click-image")
+            image.wait_for(timeout=240_000)
+            status = page.locator(".samhw-click-status")
+            box = image.bounding_box()
+            scale = box["width"] / 256  # the picture is the slice enlarged; displayed at its own size or scaled
+
+            def at(x: float, y: float) -> tuple[float, float]:
+                return box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale
+
+            from samhw.refine import farthest_pixel
+
+            x, y = farthest_pixel(item.mask)  # a positive click at the tumor's deepest pixel
+            page.mouse.click(*at(x, y))
+            page.wait_for_function("() => document.querySelector('.samhw-click-status').innerText.includes('mask ')",
+                                   timeout=60_000)
+            first = status.inner_text()
+            area = int(re.search(r"mask (\d+) px", first).group(1))
+            assert "1 points" in first and area > 0, first
+            # then Shift+click (negative) on the tumor pixel farthest from the first click
+            far = int(np.argmax((xs - x) ** 2 + (ys - y) ** 2))
+            page.keyboard.down("Shift")
+            page.mouse.click(*at(xs[far], ys[far]))
+            page.keyboard.up("Shift")
+            page.wait_for_function("(before) => document.querySelector('.samhw-click-status').innerText !== before",
+                                   arg=first, timeout=60_000)
+            second = status.inner_text()
+            assert "2 points" in second, second
+            assert int(re.search(r"mask (\d+) px", second).group(1)) < area, (first, second)
+        finally:
+            browser.close()
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)

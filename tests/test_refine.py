@@ -123,3 +123,11 @@ def test_the_readme_e5_tables_are_the_committed_ones():
     block = (repo / "README.md").read_text().split("<!-- e5:start", 1)[1].split("<!-- e5:end -->", 1)[0]
     for folder in ("litemedsam", "litemedsam-finetuned"):
         assert (repo / "results" / folder / "e5_tables.md").read_text().strip() in block, folder
+
+
+def test_a_slice_that_reaches_the_target_at_the_last_click_counts_as_reached():
+    rows = pd.DataFrame([{"split": "test", "patient": p, "slice": p, "start": "box:0", "mask_input": 1, "seed": 0,
+                          "k": k, "iou": 0.95 if (p == "late" and k == MAX_CLICKS) else 0.5, "dice": 0.0}
+                         for p in ("late", "never") for k in range(MAX_CLICKS + 1)])
+    noc = noc_table(rows).iloc[0]
+    assert noc["noc90"] == MAX_CLICKS and noc["reached90"] == 0.5
