@@ -131,3 +131,15 @@ def test_a_slice_that_reaches_the_target_at_the_last_click_counts_as_reached():
                          for p in ("late", "never") for k in range(MAX_CLICKS + 1)])
     noc = noc_table(rows).iloc[0]
     assert noc["noc90"] == MAX_CLICKS and noc["reached90"] == 0.5
+
+
+def test_the_readme_literature_rows_are_the_committed_curves():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    for folder, label in (("litemedsam", "LiteMedSAM pretrained, LGG test slices, with mask_input"),
+                          ("litemedsam-finetuned", "shipped fine-tuned (`litemedsam-lgg`), with mask_input")):
+        dice = pd.read_csv(repo / "results" / folder / "e5_curve.csv").set_index(["start", "mask_input", "k"])["dice"]
+        cells = [dice[("box:0", 1, 0)], *(dice[("center_inside", 1, k)] for k in (0, 2, 4))]
+        assert f"| **ours**: {label} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + " |" in readme, folder
