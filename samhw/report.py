@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .fileio import atomic_write_text
 from .prompts import PromptSpec
 
 __all__ = ["Results", "results_markdown", "tables_markdown", "comparison_markdown", "write_comparison",
@@ -248,6 +249,11 @@ def tables_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | Re
     return "\n".join(out)
 
 
+#: The columns of a comparison table (also of an empty one).
+_COMPARISON_COLUMNS = ["group", "split", "model", "a", "b", "IoU a", "IoU b", "a - b", "lo", "hi", "p", "patients",
+                       "a > b", "verdict", "comparison"]
+
+
 def _comparison_row(group: str, split: str, model: str, a: str, b: str, c: stats.Comparison, verdict: str) -> dict:
     return {"group": group, "split": split, "model": model, "a": a, "b": b, "IoU a": c.mean_a, "IoU b": c.mean_b,
             "a - b": c.diff, "lo": c.lo, "hi": c.hi, "p": c.p, "patients": c.patients, "a > b": c.a_wins,
@@ -276,7 +282,7 @@ def comparisons(origin_dir: str | Path | Results, tuned_dir: str | Path | Result
                     c = stats.compare_prompts(res.select(split, a), res.select(split, b))
                     out.append(_comparison_row(group, split, label, a, b, c,
                                                stats.verdict(c, f"`{a}` higher", f"`{b}` higher")))
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=_COMPARISON_COLUMNS)
 
 
 def report_comparisons(origin_dir: str | Path | Results, tuned_dir: str | Path | Results | None = None) -> pd.DataFrame:
@@ -296,7 +302,7 @@ def report_comparisons(origin_dir: str | Path | Results, tuned_dir: str | Path |
                                                f"report {split} {column}", c,
                                                stats.verdict(c, "above the report", "below the report",
                                                              "not distinguishable from the report")))
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=_COMPARISON_COLUMNS)
 
 
 def comparisons_markdown(table: pd.DataFrame, one_sample: bool = False) -> str:
@@ -448,7 +454,7 @@ def reading_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | R
     bilateral = f"* **E3, {last}, bilateral against Gaussian weighting**: " + _pairs_sentence(
         table, "bilateral against Gaussian (E3)", last, split) + "."
     record = _training(tuned) if tuned is not None else None
-    if record is not None:
+    if record is not None and record.get("options", {}).get("mix"):  # a hand-made checkpoint may not say
         mix = [name for name, _ in record["options"]["mix"]]
         def seen(kind: str) -> list[str]:
             return [n for n in mix if any(part.split(":")[0] in (f"random_{kind}", f"center_{kind}")
@@ -518,12 +524,15 @@ def targets_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | R
                  f"{stats.format_bounds(tight['iou_boot_lo'], tight['iou_boot_hi'])} "
                  f"| {_target(tight['iou'], tight['iou_boot_lo'], tight['iou_boot_hi'], TARGET_TIGHT_BOX)} |")
     centres = [p for p in ("center_box", "center_mask", "center_gaussian") if p in summary.index]
-    best = summary.loc[centres, "iou"].max()
-    tops = [p for p in centres if round(summary.loc[p, "iou"], 3) == round(best, 3)]
-    top = summary.loc[tops[0]]
-    lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | {best:.3f} "
-                 f"{stats.format_bounds(top['iou_boot_lo'], top['iou_boot_hi'])} ({', '.join(f'`{p}`' for p in tops)}) "
-                 f"| {_target(best, top['iou_boot_lo'], top['iou_boot_hi'], TARGET_CENTRE_POINT)} |")
+    if centres:
+        best = summary.loc[centres, "iou"].max()
+        tops = [p for p in centres if round(summary.loc[p, "iou"], 3) == round(best, 3)]
+        top = summary.loc[tops[0]]
+        lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | {best:.3f} "
+                     f"{stats.format_bounds(top['iou_boot_lo'], top['iou_boot_hi'])} ({', '.join(f'`{p}`' for p in tops)}) "
+                     f"| {_target(best, top['iou_boot_lo'], top['iou_boot_hi'], TARGET_CENTRE_POINT)} |")
+    else:
+        lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | not run | not shown |")
     one = report_comparisons(origin, tuned)
     one = one[(one["model"] == "fine-tuned") & (one["split"] == split)]
     foreground = one[one["a"] != "background"]
@@ -577,18 +586,20 @@ def replace_block(readme: str | Path, start: str, end: str, body: str) -> bool:
     if not pattern.search(text):
         raise ValueError(f"{readme}: no block to fill; add the two marker lines {start!r} and {end!r}")
     new = pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
-    readme.write_text(new)
+    atomic_write_text(readme, new)
     return new != text
 
 
 def update_readme(readme: str | Path, *results_dirs: str | Path) -> bool:
-    """Rewrite the README's results block (:func:`results_block`), its reading block
-    (:func:`reading_markdown`) and, for two folders, its targets block (:func:`targets_markdown`);
-    True if anything changed."""
+    """Rewrite the README's results block (:func:`results_block`) and, where the README has their
+    marker lines, its reading block (:func:`reading_markdown`) and, for two folders, its targets
+    block (:func:`targets_markdown`); True if anything changed."""
     loaded = [_load(d) for d in results_dirs]
     changed = replace_block(readme, START, END, results_block(loaded))
-    changed |= replace_block(readme, READING_START, READING_END, reading_markdown(*loaded))
-    if len(loaded) == 2:
+    text = Path(readme).read_text()
+    if READING_START in text:
+        changed |= replace_block(readme, READING_START, READING_END, reading_markdown(*loaded))
+    if len(loaded) == 2 and TARGETS_START in text:
         changed |= replace_block(readme, TARGETS_START, TARGETS_END, targets_markdown(*loaded))
     return changed
 
