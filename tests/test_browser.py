@@ -111,6 +111,18 @@ def lab(tmp_path, data_dir, cache_dir):
         log.close()
 
 
+def _run_all_cells(browser, url: str, token: str, name: str):
+    """Open notebook ``name`` of the lab in a new page, wait for its kernel, run every cell; the page."""
+    page = browser.new_page()
+    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    return page
+
+
 def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
     playwright = _playwright()
     url, token, tmp_path = lab
@@ -119,13 +131,7 @@ def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page()
-            page.goto(f"{url}/lab/tree/demo.ipynb?token={token}")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page = _run_all_cells(browser, url, token, "demo.ipynb")
             status = page.locator(".samhw-status")
             status.wait_for(timeout=240_000)  # the kernel loads the model and encodes the slices
             page.wait_for_function("() => document.querySelector('.samhw-status').innerText.includes('IoU')",
@@ -188,13 +194,7 @@ def test_clicking_the_picture_in_chromium_segments_and_a_negative_click_shrinks(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1200})
         try:
-            page = browser.new_page()
-            page.goto(f"{url}/lab/tree/click.ipynb?token={token}")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page = _run_all_cells(browser, url, token, "click.ipynb")
             image = page.locator("img.samhw-click-image")
             image.wait_for(timeout=240_000)
             status = page.locator(".samhw-click-status")
