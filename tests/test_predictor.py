@@ -128,17 +128,23 @@ def test_vit_b_predictor_equals_sam_predictor_from_the_image(vit_b_pair):
             assert_same_outputs(fast.predict(**case, multimask_output=multimask), theirs, exact=False)
 
 
+def _give_embedding(sam_predictor, seed: int, h: int, w: int) -> torch.Tensor:
+    """A seeded random (1, 256, 64, 64) embedding set into ``sam_predictor`` as that of an H x W image."""
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(seed))
+    sam_predictor.reset_image()
+    sam_predictor.features, sam_predictor.original_size = embedding, (h, w)
+    sam_predictor.input_size = sam_predictor.transform.get_preprocess_shape(h, w, 1024)
+    sam_predictor.is_image_set = True
+    return embedding
+
+
 def test_vit_b_predictor_equals_sam_predictor_on_a_small_non_square_slice(vit_b_pair):
     """A 150x200 slice: prompts mapped into the 1024 frame and masks mapped back (crop, resize),
     from one embedding given to both (SAM resizes the image with PIL, samhw with torch: the inputs
     differ by rounding, so the embedding is shared here; the whole pipeline is the test above)."""
     sam, sam_predictor, model, _ = vit_b_pair
     h, w = 150, 200
-    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(5))
-    sam_predictor.reset_image()
-    sam_predictor.features, sam_predictor.original_size = embedding, (h, w)
-    sam_predictor.input_size = sam_predictor.transform.get_preprocess_shape(h, w, 1024)
-    sam_predictor.is_image_set = True
+    embedding = _give_embedding(sam_predictor, 5, h, w)
     plain = Predictor(model, decoder="plain")
     plain.set_embedding(embedding, (h, w))
     for name, case in prompt_cases(h, w).items():
@@ -156,11 +162,7 @@ def test_vit_b_mask_input_round_trip(vit_b_pair):
     the fast predictor takes the plain path for it and gives SAM's answer too."""
     sam, sam_predictor, model, _ = vit_b_pair
     h, w = 120, 90
-    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(6))
-    sam_predictor.reset_image()
-    sam_predictor.features, sam_predictor.original_size = embedding, (h, w)
-    sam_predictor.input_size = sam_predictor.transform.get_preprocess_shape(h, w, 1024)
-    sam_predictor.is_image_set = True
+    embedding = _give_embedding(sam_predictor, 6, h, w)
     first = dict(point_coords=np.array([[30.0, 50.0]]), point_labels=np.array([1]))
     for decoder in ("plain", "fast"):
         predictor = Predictor(model, decoder=decoder)
