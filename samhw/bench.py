@@ -16,22 +16,70 @@ import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .cache import EmbeddingCache
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .evaluate import evaluate, plan
+from .fileio import atomic_write_text, storage_errors
 from .models import SamModel, load_model, resolve_device
-from .prompts import Target, parse_prompts
+from .prompts import Prompt, PromptSpec, Target, parse_prompts
 from .resources import PeakMemory, keep_freed_memory
 from .study import EXPERIMENTS
-from .train import prompt_loss, training_forward
+from .train import FinetuneConfig, train_step, trainable_parameters, training_prompt
 
-__all__ = ["run_bench", "describe_machine", "compare_paths"]
+__all__ = ["BenchConfig", "BenchError", "SPLITS", "run_bench", "measure_latency", "measure_paths", "measure_arithmetic",
+           "compare_paths", "summarize", "write_bench", "format_bench", "describe_machine", "encoder_ms", "decoder_ms",
+           "train_step_ms", "spread"]
+
+#: Dataset splits a benchmark can run on.
+SPLITS = ("train", "val", "test", "all")
+#: Every prompt of the study's experiments (the equivalence check and the study subset's prompt count).
+STUDY_PROMPTS = [p for e in EXPERIMENTS.values() for p in e]
+
+
+class BenchError(ValueError):
+    """Options a benchmark cannot run with (an unknown split, no slices, ...)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark measures: the model and its weights, the device, the slices, the repetitions.
+
+    ``slices``: the first slices of ``split`` (the study subset, the latency and training-step
+    batches); ``seeds``: seeds of the study subset's random prompts; ``repeat``: timed rounds or calls
+    per measure (medians reported).
+    """
+
+    data: str | None = None
+    split: str = "test"
+    slices: int = 8
+    seeds: int = 3
+    device: str = "auto"
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    repeat: int = 5
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise BenchError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        for name in ("slices", "seeds", "repeat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BenchError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if not self.model:
+            raise BenchError("model must be named, e.g. litemedsam")
+        object.__setattr__(self, "device", str(resolve_device(self.device)))  # an unusable device fails here
+
+    @property
+    def decoder_calls(self) -> int:
+        """One-prompt decoder calls per latency round."""
+        return 8 * self.repeat
 
 
 def describe_machine(device: torch.device) -> dict:
@@ -77,25 +125,28 @@ def _timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float
     return float(np.median(_samples(fn, device, repeat)))
 
 
-def _encoder_ms(model: SamModel, images: list[np.ndarray], batch: int, repeat: int) -> float:
-    chunk = images[:batch]
+def encoder_ms(model: SamModel, images: Sequence[np.ndarray], batch: int, repeat: int) -> float:
+    """Median milliseconds per slice of encoding ``batch`` of ``images`` (H, W, 3) together."""
+    chunk = list(images[:batch])
     return 1000 * _timed(lambda: model.encode(chunk), model.device, repeat) / len(chunk)
 
 
-def _decoder_ms(model: SamModel, embedding: torch.Tensor, prompts, shape, batch: int, repeat: int) -> float:
+def decoder_ms(model: SamModel, embedding: torch.Tensor, prompts: Sequence[Prompt], shape: tuple[int, int],
+               batch: int, repeat: int) -> float:
+    """Median milliseconds per prompt of decoding ``batch`` prompts (``prompts`` repeated) of one
+    image together, from its embedding (1, C, h, w), on the slice of ``shape`` (H, W)."""
     context = model.image_context(embedding)
-    chunk = (prompts * batch)[:batch]
+    chunk = (list(prompts) * batch)[:batch]
     return 1000 * _timed(lambda: model.predict_masks(context, chunk, shape, False), model.device, repeat) / batch
 
 
-#: One path's state in its latency process (see :func:`_latencies`).
+#: One path's state in its latency process (see :func:`measure_latency`).
 _LATENCY: dict = {}
 
 
-def _latency_setup(plain: bool, model_name: str, checkpoint: str | None, device: str, data: str | None, split: str,
-                   slices: int, cache_root: str) -> None:
-    model = load_model(model_name, checkpoint, device, plain=plain, cache_dir=cache_root)
-    dataset = load_dataset(data, split, limit=slices)
+def _latency_setup(plain: bool, config: BenchConfig, cache_root: str) -> None:
+    model = load_model(config.model, config.checkpoint, config.device, plain=plain, cache_dir=cache_root)
+    dataset = load_dataset(config.data, config.split, limit=config.slices)
     item = dataset.slices[0]
     target = Target(item.mask, item.image, item.slice_id)
     _LATENCY.update(model=model, images=[s.image for s in dataset.slices], shape=item.mask.shape,
@@ -114,20 +165,20 @@ def _latency_round(decoder_calls: int) -> tuple[list[float], list[float]]:
     return encoder, [1000 * t for t in _samples(decode, model.device, decoder_calls)]
 
 
-def _latencies(model_name: str, checkpoint: str | None, device: str, data: str | None, split: str, slices: int,
-               rounds: int, decoder_calls: int, cache_root: str) -> dict:
-    """Encoder latency (one slice) and decoder latency (one prompt) of both paths, in alternating
-    rounds between two processes that live side by side, so that a change in the machine's speed
-    (a shared machine's neighbours) reaches both paths alike. Per path: every call's milliseconds."""
+def measure_latency(config: BenchConfig, cache_root: str | os.PathLike) -> dict:
+    """Encoder latency (one slice) and decoder latency (one prompt) of both paths, in ``config.repeat``
+    alternating rounds between two processes that live side by side, so that a change in the machine's
+    speed (a shared machine's neighbours) reaches both paths alike. Per path (``plain``, ``fast``):
+    every call's milliseconds, ``{"encoder": [...], "decoder": [...]}``."""
     context = multiprocessing.get_context("spawn")
     pools = {name: ProcessPoolExecutor(1, mp_context=context, initializer=_latency_setup,
-                                       initargs=(name == "plain", model_name, checkpoint, device, data, split, slices, cache_root))
+                                       initargs=(name == "plain", config, str(cache_root)))
              for name in ("plain", "fast")}
     out = {name: {"encoder": [], "decoder": []} for name in pools}
     try:
-        for _ in range(rounds):
+        for _ in range(config.repeat):
             for name, pool in pools.items():
-                encoder, decoder = pool.submit(_latency_round, decoder_calls).result()
+                encoder, decoder = pool.submit(_latency_round, config.decoder_calls).result()
                 out[name]["encoder"] += encoder
                 out[name]["decoder"] += decoder
     finally:
@@ -136,36 +187,32 @@ def _latencies(model_name: str, checkpoint: str | None, device: str, data: str |
     return out
 
 
-def _spread(samples: list[float]) -> dict:
-    """Median and quartiles of some milliseconds."""
+def spread(samples: Sequence[float]) -> dict:
+    """Median and quartiles of some milliseconds: ``{"ms", "q25_ms", "q75_ms", "calls"}``."""
     q25, q50, q75 = np.percentile(samples, [25, 50, 75])
     return {"ms": round(float(q50), 2), "q25_ms": round(float(q25), 2), "q75_ms": round(float(q75), 2),
             "calls": len(samples)}
 
 
-def _train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts, truths: torch.Tensor, repeat: int) -> float:
-    """One decoder-only step of ``samhw.train`` (its forward and loss, box prompts, AdamW) on a batch
-    of cached embeddings; the decoder's weights are restored afterwards."""
-    decoder_params = [p for p in model.mask_decoder.parameters()]
-    saved = [p.detach().clone() for p in decoder_params]
-    optimizer = torch.optim.AdamW(decoder_params, lr=1e-6)
-    shape = tuple(truths.shape[-2:])
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        losses = [prompt_loss(*training_forward(model, embedding, prompt, shape, False), truth, False, 1.0)[0]
-                  for embedding, prompt, truth in zip(embeddings, prompts, truths)]
-        torch.stack(losses).mean().backward()
-        optimizer.step()
-
+def train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
+                  truths: Sequence[torch.Tensor], repeat: int) -> float:
+    """Median milliseconds of one decoder-only :func:`samhw.train.train_step` (AdamW) on a batch of
+    embeddings (B, C, h, w) with its (spec, prompt) pairs and masks (H, W); the weights and which of
+    them take gradients are restored afterwards."""
+    wanted = {name: p.requires_grad for name, p in model.named_parameters()}
+    params = trainable_parameters(model, ("decoder",))
+    saved = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
     model.mask_decoder.train()
     try:
-        return 1000 * _timed(step, model.device, repeat)
+        return 1000 * _timed(lambda: train_step(model, optimizer, embeddings, prompts, truths), model.device, repeat)
     finally:
         model.mask_decoder.eval()
         with torch.no_grad():
-            for p, s in zip(decoder_params, saved):
+            for p, s in zip(params, saved):
                 p.copy_(s)
+        for name, p in model.named_parameters():
+            p.requires_grad_(wanted[name])
 
 
 def _gflop(fn: Callable[[], object]) -> tuple[object, float]:
@@ -183,7 +230,7 @@ def _matmul_gflops(device: torch.device, size: int = 2048, repeat: int = 5) -> f
     return 2 * size ** 3 / _timed(lambda: a @ a, device, repeat) / 1e9
 
 
-def _arithmetic(plain: SamModel, fast: SamModel, fast_cache: EmbeddingCache, dataset, device: torch.device) -> dict:
+def measure_arithmetic(plain: SamModel, fast: SamModel, fast_cache: EmbeddingCache, dataset: Dataset) -> dict:
     """GFLOP per slice (encoder) and per prompt (decoder, one box) of each path, and the machine's rate."""
     item = dataset.slices[0]
     prompt = parse_prompts(["box:10"])[0].draw(Target(item.mask, None, item.slice_id), 0)
@@ -192,10 +239,10 @@ def _arithmetic(plain: SamModel, fast: SamModel, fast_cache: EmbeddingCache, dat
     _, plain_gflop = _gflop(lambda: plain.predict_masks(plain_context, [prompt], item.mask.shape, False))
     _, fast_gflop = _gflop(lambda: fast.predict_masks(fast_context, [prompt], item.mask.shape, False))
     return {"encoder_gflop": round(encoder_gflop, 2), "plain_decoder_gflop": round(plain_gflop, 3),
-            "fast_decoder_gflop": round(fast_gflop, 3), "matmul_gflops": round(_matmul_gflops(device), 1)}
+            "fast_decoder_gflop": round(fast_gflop, 3), "matmul_gflops": round(_matmul_gflops(plain.device), 1)}
 
 
-def _study_subset(model: SamModel, dataset, seeds: int, cache_root: Path) -> dict:
+def _study_subset(model: SamModel, dataset: Dataset, seeds: int, cache_root: Path) -> dict:
     """The study's prompts on ``dataset``, from a cold cache and again from the warm one: seconds,
     peak memory, and the steady throughput (between the first and last slice, so without the
     workers' start-up)."""
@@ -220,7 +267,7 @@ def _study_subset(model: SamModel, dataset, seeds: int, cache_root: Path) -> dic
             "cache_bytes_per_slice": int(np.mean([f.stat().st_size for f in files])) if files else None}
 
 
-def compare_paths(plain: SamModel, fast: SamModel, dataset, prompts: list[str], cache_root: Path,
+def compare_paths(plain: SamModel, fast: SamModel, dataset: Dataset, prompts: list[str], cache_root: Path,
                   seed: int = 0) -> dict:
     """Masks of the plain path (fresh fp32 eager embeddings) against the fast path (its own encoder
     through a float16 cache): the share of agreeing pixels and both mean IoUs, over every prompt."""
@@ -246,92 +293,109 @@ def compare_paths(plain: SamModel, fast: SamModel, dataset, prompts: list[str], 
             "iou_fast": float(np.mean(ious_fast)), "prompts": len(ious_plain)}
 
 
-def _measure_path(plain: bool, model_name: str, checkpoint: str | None, device: str, data: str | None, split: str,
-                  slices: int, seeds: int, repeat: int, cache_root: str) -> dict:
+#: Slices in the benchmark's training step (the fine-tuning default).
+TRAIN_BATCH = 8
+
+
+def _measure_path(plain: bool, config: BenchConfig, cache_root: str) -> dict:
     """The batched timings, the training step and the study subset of one path (``plain``: eager
     PyTorch as installed), in a process of its own so that no process-wide setting of one path
     reaches the other. The plain path is then timed once more with samhw's allocator setting
     (:func:`samhw.resources.keep_freed_memory`), to show its share."""
-    model = load_model(model_name, checkpoint, device, plain=plain)
+    model = load_model(config.model, config.checkpoint, config.device, plain=plain)
     dev = model.device
-    dataset = load_dataset(data, split, limit=slices)
+    repeat = config.repeat
+    dataset = load_dataset(config.data, config.split, limit=config.slices)
     images = [s.image for s in dataset.slices]
     shape = dataset.slices[0].mask.shape
     batch_enc = 32 if dev.type == "cuda" else 1
     batch_dec = 64 if dev.type == "cuda" else 16
     out: dict = {"encoder_backend": model.encoder_backend}
     if not plain and len(images) >= batch_enc > 1:
-        out.update(encoder_batched_ms=_encoder_ms(model, images, batch_enc, max(1, repeat // 2)), encoder_batch=batch_enc)
+        out.update(encoder_batched_ms=encoder_ms(model, images, batch_enc, max(1, repeat // 2)), encoder_batch=batch_enc)
 
     embedding = model.encode(images[:1])
     target = Target(dataset.slices[0].mask, images[0], dataset.slices[0].slice_id)
     prompts = [spec.draw(target, 0) for spec in parse_prompts(["box:0", "box:10"])]
-    out.update(decoder_batched_ms=_decoder_ms(model, embedding, prompts, shape, batch_dec, max(1, repeat // 2)),
+    out.update(decoder_batched_ms=decoder_ms(model, embedding, prompts, shape, batch_dec, max(1, repeat // 2)),
                decoder_batch=batch_dec)
 
-    train_batch = 8
-    chosen = (dataset.slices * train_batch)[:train_batch]
-    embeddings = model.encode([s.image for s in chosen]).to(dev)
-    box_prompts = [parse_prompts(["box:10"])[0].draw(Target(s.mask, None, s.slice_id), 0) for s in chosen]
-    truths = torch.stack([torch.from_numpy(s.mask).float() for s in chosen]).to(dev)
-    out["train_step_ms"] = _train_step_ms(model, embeddings, box_prompts, truths, max(1, repeat // 2))
+    chosen = (dataset.slices * TRAIN_BATCH)[:TRAIN_BATCH]
+    drawn = [training_prompt(FinetuneConfig(model=config.model), s, 0) for s in chosen]  # the default mix
+    truths = [torch.from_numpy(s.mask).to(dev) for s in chosen]
+    out["train_step_ms"] = train_step_ms(model, model.encode([s.image for s in chosen]).to(dev), drawn, truths,
+                                         max(1, repeat // 2))
+    out["train_step_prompts"] = [spec.name for spec, _ in drawn]
 
     model.onnx_dir = Path(cache_root) / "onnx"  # a cold cache includes the ONNX export
-    out["study"] = _study_subset(model, dataset, seeds, Path(cache_root) / ("plain" if plain else "fast"))
+    out["study"] = _study_subset(model, dataset, config.seeds, Path(cache_root) / ("plain" if plain else "fast"))
     if plain and dev.type == "cpu" and keep_freed_memory():
-        out["allocator_kept"] = {"encoder_ms": _encoder_ms(model, images, 1, repeat),
-                                 "decoder_ms": _decoder_ms(model, embedding, prompts, shape, 1, 10 * repeat)}
+        out["allocator_kept"] = {"encoder_ms": encoder_ms(model, images, 1, repeat),
+                                 "decoder_ms": decoder_ms(model, embedding, prompts, shape, 1, 10 * repeat)}
     return out
 
 
-def run_bench(data: str | None = None, split: str = "test", slices: int = 8, seeds: int = 3, device: str = "auto",
-              model_name: str = "litemedsam", checkpoint: str | None = None, repeat: int = 5,
-              out: str | Path | None = None, study_record: dict | None = None) -> dict:
-    """Measure both paths, each in a fresh process; returns the results and writes ``out``.json/.md if given.
+def measure_paths(config: BenchConfig, cache_root: str | os.PathLike) -> dict[str, dict]:
+    """Batched encoder and decoder times, the training step and the study subset of each path
+    (``plain``, ``fast``), each in a fresh process of its own, one after the other."""
+    paths = {}
+    for name in ("plain", "fast"):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            paths[name] = pool.submit(_measure_path, name == "plain", config, str(cache_root)).result()
+    return paths
+
+
+def run_bench(config: BenchConfig, out: str | os.PathLike | None = None, study_record: dict | None = None) -> dict:
+    """Measure both paths (:func:`measure_latency`, :func:`measure_paths`, :func:`compare_paths`,
+    :func:`measure_arithmetic`), print the table and write ``out``.json/.md if given; returns the results.
 
     ``study_record``: the ``summary.json`` of a default study run, whose time is set against the
     study's target (it is not rerun here).
     """
-    dev = resolve_device(device)
-    dataset = load_dataset(data, split, limit=slices)
-    result: dict = {"machine": describe_machine(dev), "device": str(dev), "model": model_name, "split": split,
-                    "slices": len(dataset), "seeds": seeds}
-    print(f"benchmarking on {dev} ({result['machine'].get('gpu', result['machine']['cpu'])}), "
-          f"{len(dataset)} {split} slices, {seeds} seeds; each path in a process of its own", flush=True)
+    dataset = load_dataset(config.data, config.split, limit=config.slices)
+    machine = describe_machine(torch.device(config.device))
+    print(f"benchmarking on {config.device} ({machine.get('gpu', machine['cpu'])}), "
+          f"{len(dataset)} {config.split} slices, {config.seeds} seeds; each path in a process of its own", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        latency = _latencies(model_name, checkpoint, str(dev), data, split, slices, repeat, 8 * repeat,
-                             str(Path(tmp) / "latency"))
-        paths = {}
-        for name in ("plain", "fast"):
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                paths[name] = pool.submit(_measure_path, name == "plain", model_name, checkpoint, str(dev), data, split,
-                                          slices, seeds, repeat, tmp).result()
-        plain, fast = paths["plain"], paths["fast"]
-        result["encoder_backend"] = fast["encoder_backend"]
-        fast_model = load_model(model_name, checkpoint, dev)
-        plain_model = load_model(model_name, checkpoint, dev, plain=True)
-        fast_model.onnx_dir = Path(tmp) / "onnx"
-        result["equivalence"] = compare_paths(plain_model, fast_model, dataset,
-                                              [p for e in EXPERIMENTS.values() for p in e], Path(tmp) / "fast")
-        result["arithmetic"] = _arithmetic(plain_model, fast_model, EmbeddingCache(fast_model, Path(tmp) / "fast"),
-                                           dataset, dev)
-    spread = {name: {part: _spread(times) for part, times in parts.items()} for name, parts in latency.items()}
-    result["latency_rounds"] = repeat
-    enc = {"plain_ms": spread["plain"]["encoder"]["ms"], "fast_ms": spread["fast"]["encoder"]["ms"],
-           "plain": spread["plain"]["encoder"], "fast": spread["fast"]["encoder"]}
+        latency = measure_latency(config, Path(tmp) / "latency")
+        paths = measure_paths(config, tmp)
+        fast = load_model(config.model, config.checkpoint, config.device)
+        plain = load_model(config.model, config.checkpoint, config.device, plain=True)
+        fast.onnx_dir = Path(tmp) / "onnx"
+        equivalence = compare_paths(plain, fast, dataset, STUDY_PROMPTS, Path(tmp) / "fast")
+        arithmetic = measure_arithmetic(plain, fast, EmbeddingCache(fast, Path(tmp) / "fast"), dataset)
+    result = summarize(config, len(dataset), latency, paths, equivalence, arithmetic, study_record)
+    print(format_bench(result))
+    if out is not None:
+        for path in write_bench(result, out):
+            print(f"wrote {path}")
+    return result
+
+
+def summarize(config: BenchConfig, slices: int, latency: dict, paths: dict[str, dict], equivalence: dict,
+              arithmetic: dict, study_record: dict | None = None) -> dict:
+    """The benchmark's record (what :func:`format_bench` writes) from the phases' results."""
+    plain, fast = paths["plain"], paths["fast"]
+    result: dict = {"machine": describe_machine(torch.device(config.device)), "device": config.device,
+                    "model": config.model, "split": config.split, "slices": slices, "seeds": config.seeds,
+                    "encoder_backend": fast["encoder_backend"], "equivalence": equivalence, "arithmetic": arithmetic}
+    spreads = {name: {part: spread(times) for part, times in parts.items()} for name, parts in latency.items()}
+    result["latency_rounds"] = config.repeat
+    enc = {"plain_ms": spreads["plain"]["encoder"]["ms"], "fast_ms": spreads["fast"]["encoder"]["ms"],
+           "plain": spreads["plain"]["encoder"], "fast": spreads["fast"]["encoder"]}
     if "encoder_batched_ms" in fast:
         enc.update(fast_batched_ms=fast["encoder_batched_ms"], batch=fast["encoder_batch"])
     result["encoder_per_slice"] = enc
-    result["decoder_per_prompt"] = {"plain_ms": spread["plain"]["decoder"]["ms"], "fast_ms": spread["fast"]["decoder"]["ms"],
-                                    "plain": spread["plain"]["decoder"], "fast": spread["fast"]["decoder"],
+    result["decoder_per_prompt"] = {"plain_ms": spreads["plain"]["decoder"]["ms"], "fast_ms": spreads["fast"]["decoder"]["ms"],
+                                    "plain": spreads["plain"]["decoder"], "fast": spreads["fast"]["decoder"],
                                     "plain_batched_ms": plain["decoder_batched_ms"],
                                     "fast_batched_ms": fast["decoder_batched_ms"], "batch": fast["decoder_batch"]}
-    result["train_step_batch8"] = {"plain_ms": plain["train_step_ms"], "fast_ms": fast["train_step_ms"]}
+    result["train_step_batch8"] = {"plain_ms": plain["train_step_ms"], "fast_ms": fast["train_step_ms"],
+                                   "prompts": fast["train_step_prompts"]}
     if "allocator_kept" in plain:
         result["plain_allocator_kept"] = plain["allocator_kept"]
     subset = result["study_subset"] = {"fast": fast["study"], "plain": plain["study"]}
-    n_prompts = len(plan(parse_prompts([p for e in EXPERIMENTS.values() for p in e]), list(range(seeds))))
-    subset["prompts_per_slice"] = n_prompts
+    subset["prompts_per_slice"] = len(plan(parse_prompts(STUDY_PROMPTS), list(range(config.seeds))))
     bytes_per_slice = subset["fast"]["cache_bytes_per_slice"]
     result["cache"] = {"bytes_per_slice": bytes_per_slice, "shared_copy_gb": round(bytes_per_slice * 1092 / 1e9, 2),
                        "float32_shared_copy_gb": round((bytes_per_slice - 128) * 2 * 1092 / 1e9, 2)}
@@ -348,15 +412,17 @@ def run_bench(data: str | None = None, split: str = "test", slices: int = 8, see
         test = study_record["splits"].get("test", {})
         result["default_study"] = {key: test.get(key) for key in ("command", "elapsed_s", "slices",
                                                                   "embeddings_computed", "peak_memory_mb")}
-    text = format_bench(result)
-    print(text)
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text + "\n")
-        print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return result
+
+
+def write_bench(result: dict, out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out``.json (the record) and ``out``.md (:func:`format_bench`), atomically; returns both paths."""
+    out = Path(out)
+    with storage_errors(out.with_suffix(".json")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), format_bench(result) + "\n")
+    return out.with_suffix(".json"), out.with_suffix(".md")
 
 
 def _targets(r: dict) -> list[str]:
@@ -392,9 +458,9 @@ def _targets(r: dict) -> list[str]:
     return lines
 
 
-def _with_quartiles(spread: dict, digits: int) -> str:
-    """``median [q25-q75]`` of a :func:`_spread`."""
-    return f"{spread['ms']:.{digits}f} [{spread['q25_ms']:.{digits}f}-{spread['q75_ms']:.{digits}f}]"
+def _with_quartiles(ms: dict, digits: int) -> str:
+    """``median [q25-q75]`` of a :func:`spread`."""
+    return f"{ms['ms']:.{digits}f} [{ms['q25_ms']:.{digits}f}-{ms['q75_ms']:.{digits}f}]"
 
 
 def format_bench(r: dict) -> str:
@@ -428,7 +494,8 @@ def format_bench(r: dict) -> str:
         f"| {r['ratios']['decoder_one']}x |",
         f"| decoder, ms per prompt, batch {dec['batch']} | {dec['plain_batched_ms']:.2f} | {dec['fast_batched_ms']:.2f} "
         f"| {r['ratios']['decoder_batched']}x (vs plain one at a time) |",
-        f"| decoder-only training step, batch 8, ms | {train['plain_ms']:.0f} | {train['fast_ms']:.0f} | {r['ratios']['train_step']}x |",
+        f"| decoder-only training step, batch 8 (prompts of the default training mix), ms | {train['plain_ms']:.0f} | "
+        f"{train['fast_ms']:.0f} | {r['ratios']['train_step']}x |",
         f"| study prompts on {r['slices']} slices from a cold cache, s | {sub['plain']['seconds']:.1f} | "
         f"{sub['fast']['seconds']:.1f} | {r['ratios']['study']}x |",
         f"| the same again from the warm cache, s | {sub['plain']['warm']['seconds']:.1f} | "

@@ -39,13 +39,16 @@ UPSCALE_CHUNK = 1024
 
 @dataclass
 class ImageContext:
-    """Per-image tensors shared by every prompt of the image (and the weights rearranged once)."""
+    """Per-image tensors shared by every prompt of the image (and the weights rearranged once).
 
-    keys: torch.Tensor  # (1, N, C) image tokens + no-mask embedding, contiguous
+    ``I`` is 1 (one image, any number of prompts) or the number of prompts (prompt ``b`` of image ``b``).
+    """
+
+    keys: torch.Tensor  # (I, N, C) image tokens + no-mask embedding, contiguous
     pos: torch.Tensor  # (1, N, C) dense positional encoding
-    k1: torch.Tensor  # (H, N, D) first layer, token-to-image keys, scaled by 1/sqrt(D)
-    v1: torch.Tensor  # (H, N, D) first layer, token-to-image values
-    q1: torch.Tensor  # (H*D, N) first layer, image-to-token queries (transposed), scaled by 1/sqrt(D)
+    k1: torch.Tensor  # (I, H, N, D) first layer, token-to-image keys, scaled by 1/sqrt(D)
+    v1: torch.Tensor  # (I, H, N, D) first layer, token-to-image values
+    q1: torch.Tensor  # (I, H*D, N) first layer, image-to-token queries (transposed), scaled by 1/sqrt(D)
     size: tuple[int, int]  # (h, w) of the embedding
     folded: dict  # per attention module: its projections rearranged for folding
 
@@ -102,7 +105,8 @@ class FastDecoder:
         self._dense_pe.clear()
 
     def prepare(self, embedding: torch.Tensor) -> ImageContext:
-        """Per-image work for a (1, C, h, w) embedding."""
+        """Per-image work for (I, C, h, w) embeddings: one image whose prompts share it (I = 1), or
+        I images of one prompt each (training)."""
         _, c, h, w = embedding.shape
         keys = embedding.flatten(2).transpose(1, 2) + self.pe.no_mask_embed.weight.reshape(1, 1, c)
         pos = self.dense_pe()
@@ -110,9 +114,9 @@ class FastDecoder:
         first = tr.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         scale = 1.0 / math.sqrt(t2i.internal_dim // self.heads)
-        k1 = _heads(t2i.k_proj(keys + pos)[0] * scale, self.heads)
-        v1 = _heads(t2i.v_proj(keys)[0], self.heads)
-        q1 = (i2t.q_proj(keys + pos)[0] * scale).t().contiguous()
+        k1 = _heads(t2i.k_proj(keys + pos) * scale, self.heads)
+        v1 = _heads(t2i.v_proj(keys), self.heads)
+        q1 = (i2t.q_proj(keys + pos) * scale).transpose(1, 2).contiguous()
         modules = [i2t] + [a for layer in tr.layers[1:] for a in (layer.cross_attn_token_to_image,
                                                                   layer.cross_attn_image_to_token)]
         folded = {id(a): _fold(a, self.heads) for a in modules + [tr.final_attn_token_to_image]}
@@ -168,7 +172,7 @@ class FastDecoder:
         """Image tokens attend to the prompt tokens; returns the new image tokens
         ``norm(keys + update)`` (B, N, C) and the next key input (those + ``pos``).
 
-        Queries are either precomputed (``q_t`` (H*D, N), first layer) or folded from the image key
+        Queries are either precomputed (``q_t`` (H*D, N) or (B, H*D, N), first layer) or folded from the image key
         input ``kin`` (B, N, C). Scores are laid out tokens-major, (B, H*T, N), so that the softmax
         over each head's T tokens runs along contiguous rows of N; since each head's attention
         weights sum to 1, the output bias is folded into the values.
@@ -201,15 +205,15 @@ class FastDecoder:
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if first:  # the image side was computed once in prepare()
             qh = _heads(t2i.q_proj(q), self.heads)
-            probs = (qh @ ctx.k1.transpose(-1, -2).unsqueeze(0)).softmax(dim=-1)
-            queries = queries + t2i.out_proj(_merge(probs @ ctx.v1.unsqueeze(0)))
+            probs = (qh @ ctx.k1.transpose(-1, -2)).softmax(dim=-1)
+            queries = queries + t2i.out_proj(_merge(probs @ ctx.v1))
         else:
             queries = queries + self._token_to_image(t2i, ctx.folded[id(t2i)], q, keys, kin)
         queries = layer.norm2(queries)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
-        keys, kin = self._image_to_token(i2t, ctx.folded[id(i2t)], layer.norm4, keys, kin,
-                                         ctx.q1 if first else None, ctx.pos, q, queries)
+        q_t = (ctx.q1[0] if len(ctx.q1) == 1 else ctx.q1) if first else None  # one image: a single GEMM
+        keys, kin = self._image_to_token(i2t, ctx.folded[id(i2t)], layer.norm4, keys, kin, q_t, ctx.pos, q, queries)
         return queries, keys, kin
 
     # -- public

@@ -34,8 +34,9 @@ from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve
 from .prompts import Prompt, PromptError, PromptSpec, Target, parse_prompts, prompt_rng
 from .resources import PeakMemory
 
-__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt", "training_forward", "prompt_loss",
-           "parse_mix"]
+__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt",
+           "training_batch", "batch_embeddings", "batch_loss", "train_step", "trainable_parameters", "training_forward",
+           "prompt_loss", "prompt_losses", "parse_mix"]
 
 #: Prompts drawn in training, with their probabilities: boxes with the report's random margins
 #: (each side 0..M px outward, M = 20 as in the report, and M = 10 and 0 so that tight boxes are
@@ -141,28 +142,38 @@ def training_prompt(config: FinetuneConfig, item: Slice, epoch: int) -> tuple[Pr
     return spec, spec.draw(Target(item.mask, item.image, item.slice_id), draw_seed)
 
 
-def prompt_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
-                iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, mask, IoU-head) loss of one prompt.
+def prompt_losses(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
+                  iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, mask, IoU-head) loss of each of B prompts, each (B,).
 
-    ``logits`` (K, H, W) and ``predicted_iou`` (K,) for K masks, ``truth`` (H, W) in {0, 1}. The
-    mask loss is Dice + BCE, of the best-fitting mask when ``multimask`` (SAM's rule for ambiguous
-    prompts) else of mask 0; the IoU head learns every mask's actual IoU (mean squared error).
+    ``logits`` (B, K, H, W) and ``predicted_iou`` (B, K) for K masks per prompt, ``truth`` (B, H, W)
+    in {0, 1}. The mask loss is Dice + BCE, of the best-fitting mask when ``multimask`` (SAM's rule
+    for ambiguous prompts) else of mask 0; the IoU head learns every mask's actual IoU (mean
+    squared error over the K masks).
     """
     logits = logits.float()
-    flat, target = logits.flatten(1), truth.flatten()[None].expand(logits.shape[0], -1).float()
+    flat = logits.flatten(2)
+    target = truth.flatten(1)[:, None].expand_as(flat).float()
     probs = flat.sigmoid()
-    dice = 1 - (2 * (probs * target).sum(1) + 1) / (probs.sum(1) + target.sum(1) + 1)
-    bce = F.binary_cross_entropy_with_logits(flat, target, reduction="none").mean(1)
-    per_mask = dice + bce
-    mask_loss = per_mask.min() if multimask else per_mask[0]
+    dice = 1 - (2 * (probs * target).sum(2) + 1) / (probs.sum(2) + target.sum(2) + 1)
+    bce = F.binary_cross_entropy_with_logits(flat, target, reduction="none").mean(2)
+    per_mask = dice + bce  # (B, K)
+    mask_loss = per_mask.min(1).values if multimask else per_mask[:, 0]
     with torch.no_grad():
-        hard = flat > 0
-        inter = (hard & (target > 0)).sum(1).float()
-        union = (hard | (target > 0)).sum(1).float()
+        hard, positive = flat > 0, target > 0
+        inter = (hard & positive).sum(2).float()
+        union = (hard | positive).sum(2).float()
         actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    iou_loss = F.mse_loss(predicted_iou.float(), actual)
+    iou_loss = (predicted_iou.float() - actual).square().mean(1)
     return mask_loss + iou_loss_weight * iou_loss, mask_loss.detach(), iou_loss.detach()
+
+
+def prompt_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
+                iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, mask, IoU-head) loss of one prompt: :func:`prompt_losses` of ``logits`` (K, H, W),
+    ``predicted_iou`` (K,) and ``truth`` (H, W)."""
+    total, mask_loss, iou_loss = prompt_losses(logits[None], predicted_iou[None], truth[None], multimask, iou_loss_weight)
+    return total[0], mask_loss[0], iou_loss[0]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -176,58 +187,112 @@ def _learning_rate(config: FinetuneConfig, step: int, total: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _trainable(model: SamModel, config: FinetuneConfig) -> list[torch.nn.Parameter]:
-    wanted = {PARTS[p] for p in config.parts}
+def trainable_parameters(model: SamModel, parts: Sequence[str]) -> list[torch.nn.Parameter]:
+    """Switch gradients on for the parameters of ``parts`` (keys of :data:`PARTS`) and off for every
+    other; returns the trained parameters in the model's order."""
+    prefixes = tuple(PARTS[part] + "." for part in parts)
     params = []
-    for name, module in (("image_encoder", model.image_encoder), ("prompt_encoder", model.prompt_encoder),
-                         ("mask_decoder", model.mask_decoder)):
-        for p in module.parameters():
-            p.requires_grad_(name in wanted)
-            if name in wanted:
-                params.append(p)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        if p.requires_grad:
+            params.append(p)
     return params
+
+
+def _slice_by_slice(model: SamModel) -> bool:
+    """Whether training runs SAM's own decoder, one slice at a time: on the plain path (the reference)
+    and on CUDA, where the fast decoder's rearranging costs more kernel launches than it saves."""
+    return model.plain or model.device.type == "cuda"
 
 
 def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every mask of one prompt, differentiably: logits (K, H, W) on the slice of ``shape`` and
-    predicted IoU (K,), from an embedding (C, h, w). SAM's decoder on the plain path and on CUDA, else the
-    fast one: on a GPU its per-image rearranging costs more kernel launches than it saves (a decoder-only
-    step of batch 8 on an H200: 225 ms against SAM's 151, results/gpu-h200/run1_bench_cuda.md)."""
-    with model.fp32():  # also inside an autocast region: see _batch_loss
+    """Every mask of one prompt through SAM's decoder, differentiably: logits (K, H, W) on the slice
+    of ``shape`` (H, W) and predicted IoU (K,), from an embedding (C, h, w); K = 3 with
+    ``multimask`` else 1. In fp32, also inside an autocast region (see :func:`batch_loss`)."""
+    with model.fp32():
         points, boxes = model.prompt_tensors([prompt], shape)
-        embedding = embedding[None].float()
-        if model.plain or model.device.type == "cuda":
-            low, scores = model.decode(embedding, points, boxes, multimask)
-        else:
-            low, scores = model.fast_decoder.decode_all(model.fast_decoder.prepare(embedding), points, boxes, multimask)
+        low, scores = model.decode(embedding[None].float(), points, boxes, multimask)
         return model.postprocess(low, shape)[0], scores[0]
 
 
-def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
-                epoch: int) -> tuple[torch.Tensor, float, float]:
-    """Mean loss over a batch (one prompt per slice); the decoder runs slice by slice.
+def _groups(prompts: Sequence[tuple[PromptSpec, Prompt]], shapes: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Indices of the prompts that share one decoder call: the same structure (hence the same sparse
+    tokens: a lone point is padded with a not-a-point token), mask choice and slice shape; in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, ((spec, prompt), shape) in enumerate(zip(prompts, shapes)):
+        groups.setdefault((prompt.structure, spec.multimask, tuple(shape)), []).append(i)
+    return list(groups.values())
 
-    A trained image encoder runs under :meth:`SamModel.autocast` (bf16 on CUDA); the decoder and the
-    loss run in fp32 everywhere: on an H200 a decoder-only step of batch 8 took 221 ms under bf16
-    autocast against 138 ms in fp32 (results/bench/cuda-nvidia-h200.md), its small kernels being
-    bound by their launches, which the casts only add to.
+
+def _grouped_losses(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
+                    truths: Sequence[torch.Tensor], iou_loss_weight: float) -> torch.Tensor:
+    """(3, B) total, mask and IoU-head loss of each prompt, the fast decoder run once per group of
+    :func:`_groups` over that group's images (one prompt each)."""
+    fast = model.fast_decoder
+    out = torch.empty(3, len(prompts), device=model.device)
+    for group in _groups(prompts, [t.shape for t in truths]):
+        spec = prompts[group[0]][0]
+        shape = tuple(truths[group[0]].shape)
+        points, boxes = model.prompt_tensors([prompts[i][1] for i in group], shape)
+        index = torch.tensor(group, device=model.device)
+        ctx = fast.prepare(embeddings.index_select(0, index).float())
+        low, scores = fast.decode_all(ctx, points, boxes, spec.multimask)
+        truth = torch.stack([truths[i] for i in group])
+        out[:, index] = torch.stack(prompt_losses(model.postprocess(low, shape), scores, truth, spec.multimask,
+                                                  iou_loss_weight))
+    return out
+
+
+def batch_loss(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
+               truths: Sequence[torch.Tensor], iou_loss_weight: float = 1.0) -> tuple[torch.Tensor, float, float]:
+    """Mean loss of B prompts, prompt ``b`` on embedding ``b``: (total, differentiable; mask loss; IoU-head loss).
+
+    ``embeddings`` (B, C, h, w); ``prompts`` B (spec, prompt) pairs as :func:`training_prompt` draws
+    them; ``truths`` B masks (H, W) in {0, 1} on the model's device. On the CPU the fast decoder runs
+    once per group of prompts with the same structure, over the group's images; on the plain path and
+    on CUDA, SAM's decoder runs slice by slice. Both compute the same loss (to float rounding).
+    The decoder and the loss run in fp32, also inside an autocast region (a trained image encoder's).
     """
+    with model.fp32():
+        if _slice_by_slice(model):
+            rows = [torch.stack(prompt_loss(*training_forward(model, embedding, prompt, tuple(truth.shape), spec.multimask),
+                                            truth, spec.multimask, iou_loss_weight))
+                    for embedding, (spec, prompt), truth in zip(embeddings, prompts, truths)]
+            losses = torch.stack(rows, dim=1)
+        else:
+            losses = _grouped_losses(model, embeddings, prompts, truths, iou_loss_weight)
+    mask_loss, iou_loss = losses[1:].detach().mean(1).tolist()
+    return losses[0].mean(), mask_loss, iou_loss
+
+
+def train_step(model: SamModel, optimizer: torch.optim.Optimizer, embeddings: torch.Tensor,
+               prompts: Sequence[tuple[PromptSpec, Prompt]], truths: Sequence[torch.Tensor],
+               iou_loss_weight: float = 1.0) -> tuple[float, float, float]:
+    """One optimizer step on :func:`batch_loss`; returns its (total, mask, IoU-head) losses."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, mask_loss, iou_loss = batch_loss(model, embeddings, prompts, truths, iou_loss_weight)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), mask_loss, iou_loss
+
+
+def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache,
+                     batch: Sequence[Slice]) -> torch.Tensor:
+    """(B, 256, 64, 64) embeddings of the batch's slices on the model's device: from the image
+    encoder (under :meth:`SamModel.autocast`, differentiable) when it is trained, else from the cache."""
     if "image_encoder" in config.parts:
         with model.autocast():
-            embeddings = model.image_encoder(model.preprocess([s.image for s in batch]))
-    else:
-        embeddings = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
-    totals, masks, ious = [], 0.0, 0.0
-    for item, embedding in zip(batch, embeddings):
-        spec, prompt = training_prompt(config, item, epoch)
-        logits, scores = training_forward(model, embedding, prompt, item.mask.shape, spec.multimask)
-        truth = torch.from_numpy(item.mask).to(model.device)
-        total, mask_loss, iou_loss = prompt_loss(logits, scores, truth, spec.multimask, config.iou_loss_weight)
-        totals.append(total)
-        masks += float(mask_loss)
-        ious += float(iou_loss)
-    return torch.stack(totals).mean(), masks / len(batch), ious / len(batch)
+            return model.image_encoder(model.preprocess([s.image for s in batch]))
+    return torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+
+
+def training_batch(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
+                   epoch: int) -> tuple[torch.Tensor, list[tuple[PromptSpec, Prompt]], list[torch.Tensor]]:
+    """What :func:`train_step` needs for ``batch`` in ``epoch``: embeddings, drawn prompts, masks."""
+    prompts = [training_prompt(config, item, epoch) for item in batch]
+    truths = [torch.from_numpy(item.mask).to(model.device) for item in batch]
+    return batch_embeddings(model, config, cache, batch), prompts, truths
 
 
 def validate(model: SamModel, cache: EmbeddingCache, dataset: Dataset, prompts: Sequence[str]) -> dict[str, float]:
@@ -308,7 +373,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     if not train_encoder:
         tqdm.write(f"{cache.ensure([s.image for s in train_set.slices + val_set.slices], progress=progress)} "
                    f"(cache: {cache.folder})", file=sys.stderr)
-    params = _trainable(model, config)
+    params = trainable_parameters(model, config.parts)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     log: list[dict] = []
     best: dict | None = None
@@ -335,11 +400,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
                 lr = _learning_rate(config, epoch * steps_per_epoch + i, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                loss, mask_loss, iou_loss = _batch_loss(model, config, cache, batch, epoch)
-                loss.backward()
-                optimizer.step()
-                sums += (float(loss.detach()), mask_loss, iou_loss)
+                sums += train_step(model, optimizer, *training_batch(model, config, cache, batch, epoch),
+                                   iou_loss_weight=config.iou_loss_weight)
                 bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", slices_s=f"{(i + 1) * config.batch_size / (time.time() - started):.1f}")
             model.eval()  # TinyViT recomputes its cached attention biases from the new weights
             train_s = time.time() - started

@@ -100,7 +100,8 @@ def test_the_batch_and_its_loss_are_the_training_codes(lite_model, real_slices, 
     cache = EmbeddingCache(lite_model, cache_dir)
     table = tuning.loss_table(lite_model, cache, batch)
     with torch.no_grad():
-        loss, _, iou_loss = train._batch_loss(lite_model, config, cache, [e["slice"] for e in batch], 0)
+        inputs = train.training_batch(lite_model, config, cache, [e["slice"] for e in batch], 0)
+        loss, _, iou_loss = train.batch_loss(lite_model, *inputs, config.iou_loss_weight)
     assert table.loc["batch mean", "loss"] == pytest.approx(float(loss), abs=1e-4)
     assert table.loc["batch mean", "IoU-head MSE"] == pytest.approx(iou_loss, abs=1e-4)
     assert (table.drop(index="batch mean")["masks"] == [3 if e["spec"].multimask else 1 for e in batch]).all()
