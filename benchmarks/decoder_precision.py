@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samhw.bench import _decoder_ms  # noqa: E402
+from samhw.bench import decoder_ms  # noqa: E402
 from samhw.data import load_dataset  # noqa: E402
 from samhw.metrics import iou  # noqa: E402
 from samhw.models import load_model  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     timing = {}
     for batch in (1, 64):
         for k, m in {"plain": plain, **{f"fast_{k}": m for k, m in models.items()}}.items():
-            timing[f"{k}_ms_batch{batch}"] = _decoder_ms(m, embedding, [box], item.mask.shape, batch, args.repeat)
+            timing[f"{k}_ms_batch{batch}"] = decoder_ms(m, embedding, [box], item.mask.shape, batch, args.repeat)
     result = {"slices": len(dataset), "prompts": len(ious["plain"]), "mean_iou": {k: float(np.mean(v)) for k, v in ious.items()},
               "pixel_agreement_with_plain": {k: agree[k] / total for k in models},
               "timing": {k: round(v, 4) for k, v in timing.items()}}

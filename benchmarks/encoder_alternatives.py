@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samhw.bench import _spread, describe_machine  # noqa: E402
+from samhw.bench import describe_machine, spread  # noqa: E402
 from samhw.data import load_dataset  # noqa: E402
 from samhw.metrics import iou  # noqa: E402
 from samhw.models import SamModel, load_model  # noqa: E402
@@ -132,7 +132,7 @@ def measure(data: str | None, slices: int, rounds: int, folder: str) -> tuple[di
     finally:
         for pool in pools.values():
             pool.shutdown()
-    return ({name: round(first[name], 1) for name in available}, {name: _spread(s) for name, s in samples.items()},
+    return ({name: round(first[name], 1) for name in available}, {name: spread(s) for name, s in samples.items()},
             embeddings)
 
 

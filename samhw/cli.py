@@ -204,10 +204,11 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .bench import run_bench
-    from .models import resolve_device
+    from .bench import BenchConfig, run_bench
 
-    device = resolve_device(args.device)
+    config = BenchConfig(data=args.data, split=args.split, slices=args.slices, seeds=args.seeds, device=args.device,
+                         model=args.model, checkpoint=args.checkpoint, repeat=args.repeat)
+    device = torch.device(config.device)
     if args.out:
         out = args.out
     elif device.type == "cuda":
@@ -216,8 +217,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         out = f"results/bench/cpu-{os.cpu_count()}core"
     record = Path(f"results/{args.model}/summary.json")
     study = json.loads(record.read_text()) if record.is_file() and device.type == "cpu" else None
-    run_bench(args.data, args.split, args.slices, args.seeds, str(device), args.model, args.checkpoint, args.repeat, out,
-              study_record=study)
+    run_bench(config, out, study_record=study)
     if args.readme:
         from .report import replace_block
 
@@ -404,6 +404,7 @@ def _say_shipped(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors the user can fix are one ``error:`` line and exit code 2, Ctrl-C and
     SIGTERM stop it (exit codes 130 and 143) keeping what is finished."""
+    from .bench import BenchError
     from .data import DataError
     from .fileio import StorageError
     from .models import ModelError
@@ -419,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _say_shipped(args)
         args.func(args)
-    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, WorkerError) as err:
+    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, BenchError, WorkerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except StorageError as err:
