@@ -133,18 +133,18 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(data_dir, 
     common = dict(data=str(data_dir), device="cpu", cache_dir=str(cache_dir), progress=False)
     finetune(config, tmp_path / "whole", **common)
 
-    real_loss, calls = train._batch_loss, []
+    real_step, calls = train.train_step, []
 
     def interrupted(*args, **kw):
         calls.append(1)
         if len(calls) == 3:  # the first step of epoch 2
             raise KeyboardInterrupt
-        return real_loss(*args, **kw)
+        return real_step(*args, **kw)
 
-    monkeypatch.setattr(train, "_batch_loss", interrupted)
+    monkeypatch.setattr(train, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         finetune(config, tmp_path / "cut", **common)
-    monkeypatch.setattr(train, "_batch_loss", real_loss)
+    monkeypatch.setattr(train, "train_step", real_step)
     with pytest.raises(FinetuneError, match="--resume"):
         finetune(config, tmp_path / "cut", **common)
     with pytest.raises(FinetuneError, match="other options"):
@@ -158,19 +158,24 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(data_dir, 
     assert [e["loss"] for e in whole["log"]] == [e["loss"] for e in cut["log"]]
 
 
-def test_training_forward_stays_fp32_inside_an_autocast_region():
-    """The decoder trains in fp32 (a trained image encoder may run under bf16 autocast before it)."""
-    model = load_model("litemedsam", device="cpu")
+def test_the_decoder_and_loss_stay_fp32_inside_an_autocast_region():
+    """The decoder trains in fp32 on both paths (a trained image encoder may run under bf16 autocast before it)."""
     mask = np.zeros((256, 256), bool)
     mask[60:90, 100:150] = True
-    embedding = torch.randn(256, 64, 64, generator=torch.Generator().manual_seed(0))
-    prompt = PromptSpec.parse("box:0+center_gaussian").draw(Target(mask, slice_id="s"), 0)
-    with torch.no_grad():
-        logits, scores = train.training_forward(model, embedding, prompt, mask.shape, False)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            inside = train.training_forward(model, embedding, prompt, mask.shape, False)
-    assert inside[0].dtype == torch.float32 and logits.shape == (1, 256, 256)
-    assert torch.equal(inside[0], logits) and torch.equal(inside[1], scores)
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    spec = PromptSpec.parse("box:0+center_gaussian")
+    drawn = [(spec, spec.draw(Target(mask, slice_id="s"), 0))]
+    truth = [torch.from_numpy(mask)]
+    for plain in (False, True):
+        model = load_model("litemedsam", device="cpu", plain=plain)
+        with torch.no_grad():
+            outside = train.batch_loss(model, embedding, drawn, truth)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                inside = train.batch_loss(model, embedding, drawn, truth)
+        assert inside[0].dtype == torch.float32 and torch.equal(inside[0], outside[0]) and inside[1:] == outside[1:]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, scores = train.training_forward(model, embedding[0], drawn[0][1], mask.shape, False)
+    assert logits.dtype == scores.dtype == torch.float32 and logits.shape == (1, 256, 256)
 
 
 def test_an_unusable_device_is_refused_before_the_run_folder_is_made(tmp_path):
@@ -181,3 +186,107 @@ def test_an_unusable_device_is_refused_before_the_run_folder_is_made(tmp_path):
         with pytest.raises(ModelError, match="CUDA is not available"):
             finetune(_quick(), out, device="cuda")
     assert not out.exists()
+
+
+def test_prompt_losses_of_a_batch_are_each_prompts_loss():
+    generator = torch.Generator().manual_seed(1)
+    truth = torch.zeros(3, 8, 12)
+    truth[0, 1:4, 7:11] = truth[1, 5:8, 0:3] = 1  # prompt 2's mask is empty
+    logits, scores = torch.randn(3, 3, 8, 12, generator=generator) * 4, torch.rand(3, 3, generator=generator)
+    for multimask in (True, False):
+        batched = train.prompt_losses(logits, scores, truth, multimask, 0.5)
+        for b in range(3):
+            one = prompt_loss(logits[b], scores[b], truth[b], multimask, 0.5)
+            assert all(float(x[b]) == pytest.approx(float(y), rel=1e-6) for x, y in zip(batched, one))
+    assert len({round(float(x), 4) for x in train.prompt_losses(logits, scores, truth, True, 0.5)[0]}) == 3
+
+
+def _drawn(names: list[str], slices) -> list[tuple[PromptSpec, object]]:
+    specs = [PromptSpec.parse(n) for n in names]
+    return [(spec, spec.draw(Target(s.mask, s.image, s.slice_id), 0)) for spec, s in zip(specs, slices)]
+
+
+def test_groups_share_structure_mask_choice_and_shape_in_order():
+    items = [_slice(f"TCGA_AA_0001_20000101_{i}") for i in range(6)]
+    drawn = _drawn(["box:0", "center_mask", "box:20", "random_mask+background", "center_box", "box:0+center_box"], items)
+    assert train._groups(drawn, [(32, 48)] * 6) == [[0, 2], [1, 4], [3], [5]]
+    assert train._groups(drawn, [(32, 48), (32, 48), (40, 40), (32, 48), (32, 48), (32, 48)]) == [[0], [1, 4], [2], [3], [5]]
+
+
+def test_trainable_parameters_switch_gradients_by_part(lite_model):
+    decoder = train.trainable_parameters(lite_model, ("decoder",))
+    assert len(decoder) == len(list(lite_model.mask_decoder.parameters()))
+    assert not any(p.requires_grad for p in lite_model.prompt_encoder.parameters())
+    assert not any(p.requires_grad for p in lite_model.image_encoder.parameters())
+    both = train.trainable_parameters(lite_model, ("prompt_encoder", "decoder"))
+    names = [n for n, p in lite_model.named_parameters() if p.requires_grad]
+    assert len(both) == len(names) and names[0].startswith("prompt_encoder.") and names[-1].startswith("mask_decoder.")
+    train.trainable_parameters(lite_model, ("decoder",))
+
+
+#: Prompts of every structure, interleaved, so that each group gathers images from across the batch.
+MIXED = ["box:10", "center_mask", "random_mask+background_far", "box:0", "random_gaussian",
+         "center_gaussian+background", "box:20", "center_inside"]
+
+
+@pytest.fixture(scope="module")
+def step_batch(data_dir):
+    """Eight test slices' fp32 embeddings, MIXED's prompts drawn on them, and their masks."""
+    from samhw.data import load_dataset
+
+    slices = load_dataset(data_dir, "test", limit=8).slices
+    model = load_model("litemedsam", device="cpu")
+    return model.encode([s.image for s in slices]), _drawn(MIXED, slices), [torch.from_numpy(s.mask) for s in slices]
+
+
+def _sgd_update(model, step, batch) -> tuple[torch.Tensor, float]:
+    """What one plain SGD step (lr 1, so minus the gradient) changes in the decoder, and the loss;
+    the weights are put back."""
+    params = train.trainable_parameters(model, ("decoder",))
+    before = [p.detach().clone() for p in params]
+    loss = step(model, torch.optim.SGD(params, lr=1.0), *batch)
+    change = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    return change, loss
+
+
+def _slice_by_slice_step(model, optimizer, embeddings, prompts, truths) -> tuple[float]:
+    """The step as it was: the loss of each slice on its own (batches of one), then their mean."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.stack([train.batch_loss(model, embeddings[i:i + 1], prompts[i:i + 1], truths[i:i + 1])[0]
+                        for i in range(len(prompts))]).mean()
+    loss.backward()
+    optimizer.step()
+    return (float(loss.detach()),)
+
+
+@pytest.mark.slow
+def test_a_batched_step_changes_the_weights_as_the_slice_by_slice_step(step_batch):
+    """The decoder's weights after one step of the batched path equal the slice-by-slice loop's
+    (the fast decoder one slice at a time, and SAM's own decoder on the plain path)."""
+    fast = load_model("litemedsam", device="cpu")
+    plain = load_model("litemedsam", device="cpu", plain=True)
+    assert [len(g) for g in train._groups(step_batch[1], [t.shape for t in step_batch[2]])] == [3, 3, 2]
+    batched, losses = _sgd_update(fast, train.train_step, step_batch)
+    for model in (fast, plain):
+        reference, (reference_loss,) = _sgd_update(model, _slice_by_slice_step, step_batch)
+        assert losses[0] == pytest.approx(reference_loss, rel=1e-5)
+        assert float((batched - reference).norm()) <= 1e-4 * float(reference.norm()), model.plain
+        assert torch.allclose(batched, reference, rtol=1e-3, atol=1e-5), model.plain
+
+
+@pytest.mark.slow
+def test_a_training_step_is_deterministic(step_batch):
+    """The same weights, batch and optimizer give bit-identical weights after two steps (AdamW, as finetune)."""
+    results = []
+    for _ in range(2):
+        model = load_model("litemedsam", device="cpu")
+        optimizer = torch.optim.AdamW(train.trainable_parameters(model, ("decoder",)), lr=1e-4, weight_decay=0.01)
+        for _ in range(2):
+            losses = train.train_step(model, optimizer, *step_batch)
+        results.append((losses, model.mask_decoder.state_dict()))
+    (loss_a, a), (loss_b, b) = results
+    assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["iou_token.weight"], load_model("litemedsam", device="cpu").mask_decoder.iou_token.weight)
