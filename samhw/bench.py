@@ -31,7 +31,7 @@ from .models import SamModel, load_model, resolve_device
 from .prompts import Prompt, PromptSpec, Target, parse_prompts
 from .resources import PeakMemory, keep_freed_memory
 from .study import EXPERIMENTS
-from .train import FinetuneConfig, train_step, trainable_parameters, training_prompt
+from .train import FinetuneConfig, adamw, train_step, trainable_parameters, training_prompt
 
 __all__ = ["BenchConfig", "BenchError", "SPLITS", "run_bench", "measure_latency", "measure_paths", "measure_arithmetic",
            "compare_paths", "summarize", "write_bench", "format_bench", "describe_machine", "encoder_ms", "decoder_ms",
@@ -195,14 +195,15 @@ def spread(samples: Sequence[float]) -> dict:
 
 
 def train_step_ms(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
-                  truths: Sequence[torch.Tensor], repeat: int) -> float:
-    """Median milliseconds of one decoder-only :func:`samhw.train.train_step` (AdamW) on a batch of
-    embeddings (B, C, h, w) with its (spec, prompt) pairs and masks (H, W); the weights and which of
-    them take gradients are restored afterwards."""
+                  truths: Sequence[torch.Tensor], repeat: int, plain: bool = False) -> float:
+    """Median milliseconds of one decoder-only :func:`samhw.train.train_step` on a batch of embeddings
+    (B, C, h, w) with its (spec, prompt) pairs and masks (H, W), with samhw's optimizer
+    (:func:`samhw.train.adamw`) or, ``plain``, torch's default AdamW; the weights and which of them
+    take gradients are restored afterwards."""
     wanted = {name: p.requires_grad for name, p in model.named_parameters()}
     params = trainable_parameters(model, ("decoder",))
     saved = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    optimizer = torch.optim.AdamW(params, lr=1e-6) if plain else adamw(params, model.device, 1e-6, 0.01)
     model.mask_decoder.train()
     try:
         return 1000 * _timed(lambda: train_step(model, optimizer, embeddings, prompts, truths), model.device, repeat)
@@ -324,7 +325,7 @@ def _measure_path(plain: bool, config: BenchConfig, cache_root: str) -> dict:
     drawn = [training_prompt(FinetuneConfig(model=config.model), s, 0) for s in chosen]  # the default mix
     truths = [torch.from_numpy(s.mask).to(dev) for s in chosen]
     out["train_step_ms"] = train_step_ms(model, model.encode([s.image for s in chosen]).to(dev), drawn, truths,
-                                         max(1, repeat // 2))
+                                         max(1, repeat // 2), plain=plain)
     out["train_step_prompts"] = [spec.name for spec, _ in drawn]
 
     model.onnx_dir = Path(cache_root) / "onnx"  # a cold cache includes the ONNX export

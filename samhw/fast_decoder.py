@@ -114,9 +114,10 @@ class FastDecoder:
         first = tr.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         scale = 1.0 / math.sqrt(t2i.internal_dim // self.heads)
-        k1 = _heads(t2i.k_proj(keys + pos) * scale, self.heads)
+        kin = keys + pos
+        k1 = _heads(t2i.k_proj(kin) * scale, self.heads)
         v1 = _heads(t2i.v_proj(keys), self.heads)
-        q1 = (i2t.q_proj(keys + pos) * scale).transpose(1, 2).contiguous()
+        q1 = (i2t.q_proj(kin) * scale).transpose(1, 2).contiguous()
         modules = [i2t] + [a for layer in tr.layers[1:] for a in (layer.cross_attn_token_to_image,
                                                                   layer.cross_attn_image_to_token)]
         folded = {id(a): _fold(a, self.heads) for a in modules + [tr.final_attn_token_to_image]}
