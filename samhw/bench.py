@@ -2,7 +2,8 @@
 
 Measured in one run: encoder time per slice, decoder time per prompt (one at a time and batched),
 the study's wall time on a subset of slices from a cold and a warm cache,
-a decoder-only training step, peak memory, and the embedding cache's size on disk. Each path runs
+a decoder-only training step (:func:`samhw.train.train_step`), peak memory, and the embedding cache's
+size on disk. Each path runs
 in a fresh process of its own (the plain path as PyTorch is installed, the project's path with its
 process-wide allocator setting). Results are printed with their ratios and written as JSON and
 Markdown with the machine's description.

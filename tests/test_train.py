@@ -279,14 +279,32 @@ def test_a_batched_step_changes_the_weights_as_the_slice_by_slice_step(step_batc
 
 @pytest.mark.slow
 def test_a_training_step_is_deterministic(step_batch):
-    """The same weights, batch and optimizer give bit-identical weights after two steps (AdamW, as finetune)."""
+    """The same weights, batch and optimizer give bit-identical weights after two steps (finetune's AdamW)."""
     results = []
     for _ in range(2):
         model = load_model("litemedsam", device="cpu")
-        optimizer = torch.optim.AdamW(train.trainable_parameters(model, ("decoder",)), lr=1e-4, weight_decay=0.01)
+        optimizer = train.adamw(train.trainable_parameters(model, ("decoder",)), model.device, 1e-4, 0.01)
         for _ in range(2):
             losses = train.train_step(model, optimizer, *step_batch)
         results.append((losses, model.mask_decoder.state_dict()))
     (loss_a, a), (loss_b, b) = results
     assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["iou_token.weight"], load_model("litemedsam", device="cpu").mask_decoder.iou_token.weight)
+
+
+def test_finetune_s_adamw_takes_torch_s_default_step():
+    generator = torch.Generator().manual_seed(2)
+    weights = [torch.randn(64, 32, generator=generator), torch.randn(32, generator=generator)]
+    grads = [torch.randn_like(w) * 10 ** -k for k, w in enumerate(weights)]
+    steps = []
+    for make in (lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.01),
+                 lambda ps: train.adamw(ps, torch.device("cpu"), 1e-2, 0.01)):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = make(params)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        steps.append([p.detach() for p in params])
+    for a, b, w in zip(*steps, weights):
+        assert not torch.equal(a, w) and torch.allclose(a, b, rtol=1e-6, atol=1e-7)
