@@ -240,9 +240,9 @@ def step_batch(data_dir):
 
 
 def _sgd_update(model, step, batch) -> tuple[torch.Tensor, float]:
-    """What one plain SGD step (lr 1, so minus the gradient) changes in the decoder, and the loss;
-    the weights are put back."""
-    params = train.trainable_parameters(model, ("decoder",))
+    """What one plain SGD step (lr 1, so minus the gradient) changes in the decoder and the prompt
+    encoder, and the loss; the weights are put back."""
+    params = train.trainable_parameters(model, ("decoder", "prompt_encoder"))
     before = [p.detach().clone() for p in params]
     loss = step(model, torch.optim.SGD(params, lr=1.0), *batch)
     change = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
@@ -264,8 +264,8 @@ def _slice_by_slice_step(model, optimizer, embeddings, prompts, truths) -> tuple
 
 @pytest.mark.slow
 def test_a_batched_step_changes_the_weights_as_the_slice_by_slice_step(step_batch):
-    """The decoder's weights after one step of the batched path equal the slice-by-slice loop's
-    (the fast decoder one slice at a time, and SAM's own decoder on the plain path)."""
+    """The trained weights (decoder and prompt encoder) after one step of the batched path equal the
+    slice-by-slice loop's (the fast decoder one slice at a time, and SAM's own decoder on the plain path)."""
     fast = load_model("litemedsam", device="cpu")
     plain = load_model("litemedsam", device="cpu", plain=True)
     assert [len(g) for g in train._groups(step_batch[1], [t.shape for t in step_batch[2]])] == [3, 3, 2]
