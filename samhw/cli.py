@@ -185,8 +185,10 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from . import plots
     from .train import TRAIN_MIX, VAL_PROMPTS, FinetuneConfig, finetune, parse_mix
 
+    defaults = FinetuneConfig()
     config = FinetuneConfig(
-        model=args.model, checkpoint=args.checkpoint, parts=tuple(args.train), epochs=args.epochs,
+        model=args.model, checkpoint=args.checkpoint, parts=tuple(args.train or defaults.parts),
+        epochs=args.epochs or defaults.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
         val_limit=args.val_limit, mix=parse_mix(args.train_prompts) if args.train_prompts else tuple(TRAIN_MIX.items()),
         val_prompts=tuple(args.val_prompts or VAL_PROMPTS))
@@ -335,15 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--model", default="litemedsam", help=_MODEL_HELP)
     tune.add_argument("--checkpoint", help="starting weights (default: the model's bundled ones); a file or a shipped model's name")
     tune.add_argument("--out", help="run folder (default runs/<model>-finetuned): last.pt, best.pt, log.json, curves.png")
-    tune.add_argument("--epochs", type=_positive_int, default=8)
+    tune.add_argument("--epochs", type=_positive_int, help="epochs (default 12)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    tune.add_argument("--train", nargs="+", default=["decoder"], choices=["decoder", "prompt_encoder", "image_encoder"],
-                      help="parts to train (default decoder; image_encoder is for a GPU)")
+    tune.add_argument("--train", nargs="+", choices=["decoder", "prompt_encoder", "image_encoder"],
+                      help="parts to train (default decoder prompt_encoder; image_encoder is for a GPU)")
     tune.add_argument("--train-prompts", nargs="+", metavar="NAME[@WEIGHT]",
-                      help="prompts drawn in training (default: a box half the time, box:0, box:10 or box:20, else one "
-                           "point of the six foreground strategies, sometimes with the background point)")
-    tune.add_argument("--val-prompts", nargs="+", help="prompts of the validation score (default: "
-                      "box:0 box:20 random_gaussian center_gaussian center_gaussian+background)")
+                      help="prompts drawn in training (default: samhw.train.TRAIN_MIX, boxes, single points and "
+                           "points with a negative, see README 'Fine-tuning')")
+    tune.add_argument("--val-prompts", nargs="+", help="prompts of the validation score (default: samhw.train.VAL_PROMPTS)")
     tune.add_argument("--batch-size", type=_positive_int, default=8)
     tune.add_argument("--lr", type=float, default=1e-4)
     tune.add_argument("--weight-decay", type=float, default=0.01)

@@ -74,8 +74,8 @@ class FinetuneConfig:
 
     model: str = "litemedsam"
     checkpoint: str | None = None
-    parts: tuple[str, ...] = ("decoder",)
-    epochs: int = 8
+    parts: tuple[str, ...] = ("decoder", "prompt_encoder")
+    epochs: int = 12
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.01
