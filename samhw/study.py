@@ -24,6 +24,7 @@ from .data import Dataset, load_dataset
 from .evaluate import evaluate_to_csv, format_summary, read_rows, run_config, summarize
 from .fileio import atomic_write_text
 from .models import SamModel, load_model
+from .predictor import Predictor
 from .prompts import PromptSpec, Target, parse_prompts
 from .resources import PeakMemory
 
@@ -70,11 +71,12 @@ def predict_gallery(model: SamModel, cache: EmbeddingCache, slices: Sequence, pr
     grid = []
     for item in slices:
         target = Target(item.mask, item.image, item.slice_id)
-        embedding = cache.get(item.image)
+        predictor = Predictor(model, cache)
+        predictor.set_image(item.image)
         row = []
         for spec in specs:
             prompt = spec.draw(target, seed)
-            mask, _ = model.predict(embedding, [prompt], item.mask.shape, spec.multimask)
+            mask, _ = predictor.predict_prompts([prompt], spec.multimask)
             row.append({"slice": item, "prompt": spec.name, "drawn": prompt, "mask": mask[0],
                         "iou": iou(mask[0], item.mask)})
         grid.append(row)

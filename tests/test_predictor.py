@@ -71,12 +71,11 @@ def vit_b_pair():
     SamPredictor, and samhw's vit_b with the same weights and the same (memoised) encoder."""
     torch.manual_seed(0)
     sam = sam_model_registry["vit_b"](checkpoint=None).eval()
-    model = build_model("vit_b")
+    model = build_model("vit_b", plain=True)  # the torch encoder (no ONNX export of a random ViT-B)
     model.load_state_dict(sam.state_dict(), strict=True)
     memo = MemoEncoder(sam.image_encoder)
     sam.image_encoder = memo
     model.image_encoder = memo
-    model.plain = True  # the torch encoder (no ONNX export of a random ViT-B)
     return sam, SamPredictor(sam), model, memo
 
 
