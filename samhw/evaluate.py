@@ -119,8 +119,8 @@ def default_workers(model: SamModel) -> int:
     """Worker processes: on the CPU one per core (up to 8), each evaluating whole slices; on a GPU
     up to 4, leaving a core to the main process, that draw prompts while the main process decodes.
 
-    Whole-slice workers on one GPU measured no faster on an H200 (README "Speed"): each initialises
-    CUDA and loads the model, and their kernels take turns on the device.
+    Whole-slice workers on one GPU measured no faster: each initialises CUDA and loads the model,
+    and their kernels take turns on the device.
     """
     cores = os.cpu_count() or 1
     return min(cores, 8) if model.device.type == "cpu" else min(max(cores - 1, 1), 4)

@@ -10,7 +10,9 @@ preprocessing its weights expect:
 
 Masks come back as low-resolution logits (B, K, 256, 256) and are mapped back to the slice
 by :meth:`SamModel.postprocess`. Prompts in slice pixel coordinates (see ``samhw.prompts``)
-are mapped into the model's input frame by :func:`to_model_frame`.
+are mapped into the model's input frame by :func:`to_model_frame`. How a model computes (ONNX
+encoder and fast decoder, or plain eager PyTorch) is its backend (:mod:`samhw.backends`), chosen
+when it is built; :class:`samhw.predictor.Predictor` predicts with it.
 """
 from __future__ import annotations
 
@@ -195,12 +197,10 @@ class SamModel(nn.Module):
     def autocast(self):
         """bf16 autocast on CUDA on the fast backend; nothing elsewhere (CPU results stay fp32).
 
-        Used to fine-tune the image encoder only. Inference runs in fp32 on every device. On an H200
-        the bf16 encoder moved the mean IoU of 384 prompts on 16 validation slices by 0.0012 from
-        the fp32 path's (the tolerance is 0.001), to save part of 2 ms a slice, a small share of the
-        study (results/gpu-h200/run4_bench_val.md). The decoder is bound by kernel launches, so bf16
-        there only added casts and error, in inference and in training
-        (benchmarks/decoder_precision.py, results/bench/cuda-nvidia-h200.md).
+        Used to fine-tune the image encoder only. Inference runs in fp32 on every device: a bf16
+        encoder moved the mean IoU by more than the study's tolerance of 0.001 for a small saving,
+        and the decoder, bound by kernel launches, only gained casts and error
+        (``benchmarks/decoder_precision.py`` measures it).
         """
         return self._backend.autocast(self)
 

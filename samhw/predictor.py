@@ -7,8 +7,10 @@ and optionally the low-resolution logits (1, 256, 256) of an earlier prediction.
 pixels of the image as given (x = column, y = row), whatever its size.
 
 The study's path is :meth:`Predictor.predict_prompts`: samhw prompts in batches, the mask of
-highest predicted IoU with ``multimask_output``, through the same calls as ``samhw.evaluate``; with
-the study's cache (float16 embeddings) its masks are the study's bit for bit.
+highest predicted IoU with ``multimask_output``; ``samhw.evaluate`` and ``samhw.study`` decode
+through it (an embedding from the cache goes in with :meth:`Predictor.set_embedding`), and
+``samhw.interactive`` through :meth:`Predictor.refine`, so with the study's cache (float16
+embeddings) its masks are the study's bit for bit.
 """
 from __future__ import annotations
 
