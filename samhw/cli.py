@@ -69,21 +69,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_study(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from .report import update_readme, write_comparison
     from .shipped import is_shipped
-    from .study import run_study
+    from .study import StudyConfig, run_study
 
     out = args.out or f"results/{args.model}"
-    common = dict(data=args.data, splits=args.splits, model_name=args.model, seeds=args.seeds, device=args.device,
-                  cache_dir=args.cache, skip_bad=args.skip_bad, limit=args.limit, batch_size=args.batch_size,
-                  progress=not args.quiet, experiments=args.experiments, plain=args.plain, workers=args.workers,
-                  command="python -m samhw " + " ".join(args.argv), datasets={})
-    run_study(out, checkpoint=args.checkpoint, reuse=args.reuse or bool(args.finetuned), **common)
+    config = StudyConfig(out, data=args.data, splits=args.splits, model=args.model, checkpoint=args.checkpoint,
+                         seeds=args.seeds, device=args.device, cache_dir=args.cache, skip_bad=args.skip_bad,
+                         limit=args.limit, batch_size=args.batch_size, workers=args.workers, plain=args.plain,
+                         experiments=args.experiments, reuse=args.reuse or bool(args.finetuned),
+                         progress=not args.quiet, command="python -m samhw " + " ".join(args.argv))
+    datasets: dict = {}  # the splits read for the first study, reused by the second
+    run_study(config, datasets)
     dirs = [out]
     tuned = Path(f"{out}-finetuned")
     if args.finetuned:
         dirs.append(str(tuned))
-        run_study(tuned, checkpoint=args.finetuned, reuse=args.reuse, **common)
+        run_study(replace(config, out=tuned, checkpoint=args.finetuned, reuse=args.reuse), datasets)
         record = None if is_shipped(args.finetuned) else args.finetuned  # a shipped model's run record stays
         print(f"wrote the comparison to {write_comparison(*dirs, checkpoint=record)}")
     elif (tuned / "summary.json").is_file():  # keep comparing with the fine-tuned results already there
@@ -410,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     from .fileio import StorageError
     from .models import ModelError
     from .prompts import EmptyMaskError, PromptError
+    from .study import StudyError
     from .train import FinetuneError
     from .workers import WorkerError
 
@@ -421,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _say_shipped(args)
         args.func(args)
-    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, BenchError, WorkerError) as err:
+    except (DataError, ModelError, PromptError, EmptyMaskError, FinetuneError, BenchError, StudyError, WorkerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except StorageError as err:

@@ -27,6 +27,7 @@ from .data import Dataset, Slice
 from .fileio import atomic_write, atomic_write_text, storage_errors
 from .metrics import mean_interval, scores_from_counts
 from .models import SamModel, single_thread
+from .predictor import Predictor
 from .prompts import Prompt, PromptSpec, draw_prompts
 from .stats import format_interval
 from .workers import WorkerPool
@@ -94,13 +95,14 @@ def score_prompts(model: SamModel, embedding, item: Slice, pairs: Sequence[tuple
 def _count_overlaps(model: SamModel, embedding, item: Slice, prompts: Sequence[Prompt], groups: dict,
                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(intersection with the truth, predicted area) per prompt, int64 (N, 2), and the predicted IoU (N,)."""
-    context = model.image_context(embedding)
+    predictor = Predictor(model)
+    predictor.set_embedding(embedding, item.mask.shape)
     truth = torch.from_numpy(item.mask).to(model.device)
     order, counts, scores = [], [], []
     for (_, multimask), idx in groups.items():
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
-            masks, predicted = model.predict_masks(context, [prompts[i] for i in chunk], item.mask.shape, multimask)
+            masks, predicted = predictor.predict_prompts_torch([prompts[i] for i in chunk], multimask)
             counts.append(torch.stack([(masks & truth).flatten(1).sum(1), masks.flatten(1).sum(1)], 1))
             scores.append(predicted)
             order.extend(chunk)
@@ -117,8 +119,8 @@ def default_workers(model: SamModel) -> int:
     """Worker processes: on the CPU one per core (up to 8), each evaluating whole slices; on a GPU
     up to 4, leaving a core to the main process, that draw prompts while the main process decodes.
 
-    Whole-slice workers on one GPU measured no faster on an H200 (README "Speed"): each initialises
-    CUDA and loads the model, and their kernels take turns on the device.
+    Whole-slice workers on one GPU measured no faster: each initialises CUDA and loads the model,
+    and their kernels take turns on the device.
     """
     cores = os.cpu_count() or 1
     return min(cores, 8) if model.device.type == "cpu" else min(max(cores - 1, 1), 4)

@@ -32,6 +32,7 @@ from .cache import EmbeddingCache
 from .data import DataError, Slice, load_dataset
 from .metrics import scores_from_counts
 from .models import SamModel, load_model, single_thread
+from .predictor import Predictor
 from .prompts import Prompt, PromptSpec, Target, parse_prompts
 from .refine import MAX_CLICKS, curve_table, format_tables, next_click, noc_table
 
@@ -61,7 +62,8 @@ class Decoded:
 
 
 class Session:
-    """One image's decoder state: the context is made once, every :meth:`decode` reuses it.
+    """One image's decoder state, on a :class:`samhw.predictor.Predictor`: the context is made
+    once, every :meth:`decode` reuses it.
 
     ``embedding``: (1, 256, 64, 64) from the encoder or the cache; ``shape``: the slice's (H, W).
     """
@@ -69,31 +71,14 @@ class Session:
     def __init__(self, model: SamModel, embedding: torch.Tensor, shape: tuple[int, int]):
         self.model = model
         self.shape = tuple(shape)
-        self.embedding = embedding.to(model.device)
-        self.context = model.image_context(self.embedding)
+        self.predictor = Predictor(model)
+        self.predictor.set_embedding(embedding, self.shape)
 
     def decode(self, prompt: Prompt, mask_input: torch.Tensor | None = None, multimask: bool = False) -> Decoded:
         """Decode ``prompt`` (slice pixel coordinates, XY points, XYXY box) with an optional
         ``mask_input`` (1, 1, 256, 256) of logits. With ``multimask`` SAM's three masks are made and
         the one of highest predicted IoU is kept; otherwise the single-mask output."""
-        model = self.model
-        with torch.inference_mode(), model.fp32():
-            points, boxes = model.prompt_tensors([prompt], self.shape)
-            if model.plain:
-                sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-                low_res, scores = model.mask_decoder(
-                    image_embeddings=self.embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
-                best = int(scores[0].argmax())
-                low_res, score = low_res[:, best:best + 1], scores[0, best]
-            else:
-                context = self.context
-                if mask_input is not None:
-                    context = model.fast_decoder.with_mask(context, mask_input.to(model.device))
-                low_res, scores = model.fast_decoder.decode(context, points, boxes, multimask)
-                score = scores[0, 0]
-            mask = model.postprocess(low_res.float(), self.shape)[0, 0] > 0
-            return Decoded(mask.cpu().numpy(), float(score), low_res.float())
+        return Decoded(*self.predictor.refine(prompt, mask_input, multimask))
 
 
 def _row(item: Slice, split: str, start: str, mask_input: bool, seed: int, k: int, decoded: Decoded,

@@ -10,7 +10,9 @@ preprocessing its weights expect:
 
 Masks come back as low-resolution logits (B, K, 256, 256) and are mapped back to the slice
 by :meth:`SamModel.postprocess`. Prompts in slice pixel coordinates (see ``samhw.prompts``)
-are mapped into the model's input frame by :func:`to_model_frame`.
+are mapped into the model's input frame by :func:`to_model_frame`. How a model computes (ONNX
+encoder and fast decoder, or plain eager PyTorch) is its backend (:mod:`samhw.backends`), chosen
+when it is built; :class:`samhw.predictor.Predictor` predicts with it.
 """
 from __future__ import annotations
 
@@ -29,11 +31,14 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
+from .backends import FAST, PLAIN, Backend
 from .cache import default_cache_dir
+from .errors import ModelError
 from .fast_decoder import FastDecoder, ImageContext
 from .onnx_encoder import OnnxEncoder
 from .prompts import Prompt
 from .resources import keep_freed_memory
+from .shipped_reader import apply_shipped, resolve
 
 __all__ = [
     "ModelError",
@@ -52,10 +57,6 @@ __all__ = [
 
 #: Marks a checkpoint written by this project (``samhw.train``); other files are plain state dicts.
 CHECKPOINT_FORMAT = "samhw-checkpoint-v1"
-
-
-class ModelError(Exception):
-    """A model cannot be built or loaded; the message says which file and what to do."""
 
 
 def _mps_available() -> bool:
@@ -121,7 +122,11 @@ def to_model_frame(coords: np.ndarray, shape: tuple[int, int], input_size: int) 
 
 
 class SamModel(nn.Module):
-    """Image encoder, prompt encoder and mask decoder with the preprocessing their weights expect."""
+    """Image encoder, prompt encoder and mask decoder with the preprocessing their weights expect.
+
+    ``plain``: run on the reference eager path (:data:`samhw.backends.PLAIN`: no ONNX encoder, no
+    fast decoder) instead of the fast one; fixed for the model's life (:attr:`backend`).
+    """
 
     def __init__(
         self,
@@ -131,8 +136,10 @@ class SamModel(nn.Module):
         mask_decoder: MaskDecoder,
         input_size: int,
         normalization: str,
+        plain: bool = False,
     ):
         super().__init__()
+        self._backend = PLAIN if plain else FAST
         self.name = name
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -143,13 +150,22 @@ class SamModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1), False)
         self.checkpoint: str | None = None  # where the weights came from
         self.meta: dict = {}  # what a project checkpoint recorded (training options, split, ...)
-        self.plain = False  # True: reference eager PyTorch everywhere (no ONNX encoder, no fast decoder)
         self.onnx_dir = default_cache_dir() / "onnx"
         self.fast_decoder = FastDecoder(self.prompt_encoder, self.mask_decoder)
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def backend(self) -> Backend:
+        """How this model computes (:mod:`samhw.backends`), chosen when it was built."""
+        return self._backend
+
+    @property
+    def plain(self) -> bool:
+        """True on the reference eager path (what run records and cache keys write as ``plain``)."""
+        return self._backend.plain
 
     @property
     def onnx_dir(self) -> Path:
@@ -179,18 +195,14 @@ class SamModel(nn.Module):
         return self._encoder_key
 
     def autocast(self):
-        """bf16 autocast on CUDA unless ``plain``; nothing elsewhere (CPU results stay fp32).
+        """bf16 autocast on CUDA on the fast backend; nothing elsewhere (CPU results stay fp32).
 
-        Used to fine-tune the image encoder only. Inference runs in fp32 on every device. On an H200
-        the bf16 encoder moved the mean IoU of 384 prompts on 16 validation slices by 0.0012 from
-        the fp32 path's (the tolerance is 0.001), to save part of 2 ms a slice, a small share of the
-        study (results/gpu-h200/run4_bench_val.md). The decoder is bound by kernel launches, so bf16
-        there only added casts and error, in inference and in training
-        (benchmarks/decoder_precision.py, results/bench/cuda-nvidia-h200.md).
+        Used to fine-tune the image encoder only. Inference runs in fp32 on every device: a bf16
+        encoder moved the mean IoU by more than the study's tolerance of 0.001 for a small saving,
+        and the decoder, bound by kernel launches, only gained casts and error
+        (``benchmarks/decoder_precision.py`` measures it).
         """
-        if self.device.type == "cuda" and not self.plain:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return self.fp32()
+        return self._backend.autocast(self)
 
     def fp32(self):
         """No autocast, even inside an enclosing autocast region."""
@@ -204,11 +216,7 @@ class SamModel(nn.Module):
         Part of the embedding cache key: backends agree to ~1e-5, not to the bit (and cuDNN's
         convolutions use TF32 by default), so a cache shared between devices never mixes them.
         """
-        if self.device.type != "cpu":
-            return f"torch-fp32-{self.device.type}"
-        if not self.plain and OnnxEncoder.suitable(self.image_encoder):
-            return "onnx-fp32"
-        return "torch-fp32"
+        return self._backend.encoder_name(self)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -259,10 +267,7 @@ class SamModel(nn.Module):
     def encode(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """(B, H, W, 3) uint8 slices -> (B, 256, 64, 64) float32 embeddings."""
         with torch.inference_mode(), self.fp32():
-            x = self.preprocess(images)
-            if self.encoder_backend == "onnx-fp32":
-                return self.ready_encoder()(x)
-            return self.image_encoder(x)
+            return self._backend.embed(self, self.preprocess(images))
 
     @property
     def onnx_path(self) -> Path:
@@ -316,43 +321,30 @@ class SamModel(nn.Module):
             multimask_output=multimask,
         )
 
-    def image_context(self, embedding: torch.Tensor, plain: bool | None = None) -> torch.Tensor | ImageContext:
-        """What the decoder needs of one image: the embedding itself on the plain path, else the
-        fast decoder's per-image tensors. Make it once per image and pass it to :meth:`predict`.
-        ``plain``: the path (default: the model's)."""
-        embedding = embedding.to(self.device)
-        if self.plain if plain is None else plain:
-            return embedding
-        with torch.inference_mode(), self.fp32():
-            return self.fast_decoder.prepare(embedding)
+    def image_context(self, embedding: torch.Tensor, backend: Backend | None = None) -> torch.Tensor | ImageContext:
+        """What the decoder needs of one image (1, 256, 64, 64) embedding: the embedding itself on
+        the plain backend, the fast decoder's per-image tensors on the fast one. ``backend``: another
+        backend than the model's (as ``Predictor(decoder=...)`` asks)."""
+        return (backend or self._backend).context(self, embedding)
 
-    def predict_masks(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
-                      multimask: bool, plain: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary masks (B, H, W) and the chosen masks' predicted IoU (B,) for prompts of one image,
-        as tensors on the model's device. ``context`` is an embedding or :meth:`image_context` of
-        the same path; ``plain``: the path (default: the model's).
-
+    def predict_masks(self, context, prompts: Sequence[Prompt], shape: tuple[int, int], multimask: bool,
+                      backend: Backend | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary masks (B, H, W) and the chosen masks' predicted IoU (B,) for B prompts (slice
+        pixels, XY points, XYXY boxes) of one image of ``shape`` (H, W), as tensors on the model's
+        device. ``context``: :meth:`image_context` of the same ``backend`` (default: the model's), or
+        the (1, 256, 64, 64) embedding (its context is then made for this call only).
         With ``multimask``, SAM's three masks are made and the one of highest predicted IoU kept.
         """
-        plain = self.plain if plain is None else plain
-        if isinstance(context, torch.Tensor) and not plain:
-            context = self.image_context(context, plain)
-        with torch.inference_mode(), self.fp32():
-            points, boxes = self.prompt_tensors(prompts, shape)
-            if plain:
-                low_res, scores = self.decode(context, points, boxes, multimask)
-                best = scores.argmax(dim=1)
-                rows = torch.arange(len(prompts), device=low_res.device)
-                low_res, scores = low_res[rows, best][:, None], scores[rows, best]
-            else:
-                low_res, scores = self.fast_decoder.decode(context, points, boxes, multimask)
-                scores = scores[:, 0]
-            masks = self.postprocess(low_res.float(), shape)[:, 0] > 0
-            return masks, scores.float()
+        backend = backend or self._backend
+        if isinstance(context, torch.Tensor):
+            context = backend.context(self, context)
+        masks, scores, _ = backend.predict(self, context, prompts, shape, multimask)
+        return masks, scores
 
     def predict(self, context, prompts: Sequence[Prompt], shape: tuple[int, int],
                 multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict_masks` as numpy arrays: masks (B, H, W) bool and scores (B,)."""
+        """:meth:`predict_masks` as numpy arrays: masks (B, H, W) bool and scores (B,). For one-off
+        calls; :class:`samhw.predictor.Predictor` keeps an image's context for many prompts."""
         masks, scores = self.predict_masks(context, prompts, shape, multimask)
         return masks.cpu().numpy(), scores.cpu().numpy()
 
@@ -428,13 +420,14 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str) -> SamModel:
-    """An untrained model of architecture ``name`` (random weights), in eval mode on the CPU."""
+def build_model(name: str, plain: bool = False) -> SamModel:
+    """An untrained model of architecture ``name`` (random weights), in eval mode on the CPU, on the
+    fast backend or, with ``plain``, the reference eager one."""
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     spec = MODELS[name]
     model = SamModel(name, spec.encoder(), _prompt_encoder(spec.input_size), _mask_decoder(), spec.input_size,
-                     spec.normalization)
+                     spec.normalization, plain)
     return model.eval()
 
 
@@ -500,10 +493,8 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
     encoder runs through ONNX Runtime, exported once into ``<cache_dir>/onnx`` (see ``samhw.cache``),
     and the process keeps freed memory for reuse (:func:`samhw.resources.keep_freed_memory`).
     """
-    from .shipped import apply_shipped, resolve
-
-    name, checkpoint, shipped = resolve(name, checkpoint)  # a shipped name: its base, then its weights on top
-    model = build_model(name)
+    name, checkpoint, shipped = resolve(name, checkpoint, MODELS)  # a shipped name: its base, then its weights on top
+    model = build_model(name, plain)
     spec = MODELS[name]
     if checkpoint is None:
         if spec.default_weights is None:
@@ -530,7 +521,6 @@ def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = 
     model.meta = meta
     if shipped is not None:
         apply_shipped(model, shipped)
-    model.plain = plain
     if cache_dir is not None:
         model.onnx_dir = Path(cache_dir).expanduser() / "onnx"
     target = resolve_device(device) if not isinstance(device, torch.device) else device

@@ -7,8 +7,10 @@ and optionally the low-resolution logits (1, 256, 256) of an earlier prediction.
 pixels of the image as given (x = column, y = row), whatever its size.
 
 The study's path is :meth:`Predictor.predict_prompts`: samhw prompts in batches, the mask of
-highest predicted IoU with ``multimask_output``, through the same calls as ``samhw.evaluate``; with
-the study's cache (float16 embeddings) its masks are the study's bit for bit.
+highest predicted IoU with ``multimask_output``; ``samhw.evaluate`` and ``samhw.study`` decode
+through it (an embedding from the cache goes in with :meth:`Predictor.set_embedding`), and
+``samhw.interactive`` through :meth:`Predictor.refine`, so with the study's cache (float16
+embeddings) its masks are the study's bit for bit.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .backends import Backend, backend_named
 from .cache import EmbeddingCache
 from .models import SamModel, load_model, single_thread
 from .prompts import Prompt
@@ -86,7 +89,8 @@ class Predictor:
     encoder (a fine-tuned decoder shares the pretrained model's), so an image is encoded once
     across runs (the study's cache stores float16). ``decoder``: ``fast`` (samhw's rearranged
     decoder), ``plain`` (SAM's own modules) or ``auto`` (plain if the model was loaded with
-    ``plain=True``, else fast); the two agree to float rounding.
+    ``plain=True``, else fast); the two agree to float rounding. The choice is made here, once
+    (:attr:`backend`).
     """
 
     def __init__(self, model: SamModel, cache: EmbeddingCache | None = None, decoder: str = "auto"):
@@ -98,7 +102,7 @@ class Predictor:
             raise ValueError("the cache holds another image encoder's embeddings: make it with EmbeddingCache(model)")
         self.model = model
         self.cache = cache
-        self.plain = getattr(model, "plain", False) if decoder == "auto" else decoder == "plain"
+        self._decoder: Backend | None = None if decoder == "auto" else backend_named(decoder)  # None: the model's
         self.reset_image()
 
     @classmethod
@@ -116,6 +120,11 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def backend(self) -> Backend:
+        """The decoder path (:mod:`samhw.backends`): the model's own with ``decoder="auto"``, else the one named."""
+        return self._decoder or self.model.backend
 
     # -- the image
 
@@ -147,7 +156,7 @@ class Predictor:
             raise ValueError(f"original_size must be (H, W) of the image, got {tuple(original_size)}")
         self.reset_image()
         self.features = embedding.to(self.device)
-        self.context = self.model.image_context(self.features, self.plain)
+        self.context = self.model.image_context(self.features, self._decoder)
         self.original_size = (h, w)
         self.is_image_set = True
 
@@ -179,10 +188,10 @@ class Predictor:
         if points is None and boxes is None and masks_in is None:
             raise ValueError("no prompt: give point_coords and point_labels, a box, or mask_input")
         with single_thread(self.device), torch.inference_mode(), self.model.fp32():
-            if self.plain or masks_in is not None:  # the fast decoder has no mask input
+            if masks_in is not None:  # every mask with a mask input: SAM's own decoder, on either backend
                 low_res, scores = self.model.decode(self.features, points, boxes, multimask_output, masks=masks_in)
             else:
-                low_res, scores = self.model.fast_decoder.decode_all(self.context, points, boxes, multimask_output)
+                low_res, scores = self.backend.decode_all(self.model, self.context, points, boxes, multimask_output)
             logits = self.model.postprocess(low_res.float(), self.original_size)[0]
             masks = logits if return_logits else logits > 0
         return masks.cpu().numpy(), scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
@@ -247,9 +256,22 @@ class Predictor:
         three with ``multimask_output``, else the single mask. The study's decoding call."""
         self._require_image()
         with single_thread(self.device):
-            return self.model.predict_masks(self.context, prompts, self.original_size, multimask_output, self.plain)
+            return self.model.predict_masks(self.context, prompts, self.original_size, multimask_output, self._decoder)
 
     def predict_prompts(self, prompts: Sequence[Prompt], multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_prompts_torch` as numpy arrays: masks (B, H, W) bool and predicted IoU (B,)."""
         masks, scores = self.predict_prompts_torch(prompts, multimask_output)
         return masks.cpu().numpy(), scores.cpu().numpy()
+
+    def refine(self, prompt: Prompt, mask_input: torch.Tensor | None = None,
+               multimask_output: bool = False) -> tuple[np.ndarray, float, torch.Tensor]:
+        """One prompt decoded with an optional ``mask_input`` (1, 1, 256, 256) of logits (an earlier
+        output's, as the third value returned here): the mask (H, W) bool, its predicted IoU and its
+        low-resolution logits (1, 1, 256, 256) float32 on the model's device. With
+        ``multimask_output`` the best of SAM's three masks by predicted IoU, else the single mask.
+        Interactive refinement's decoding call (:mod:`samhw.interactive`)."""
+        self._require_image()
+        with single_thread(self.device):
+            masks, scores, low_res = self.backend.predict(self.model, self.context, [prompt], self.original_size,
+                                                          multimask_output, mask_input)
+        return masks[0].cpu().numpy(), float(scores[0]), low_res

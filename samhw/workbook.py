@@ -265,17 +265,17 @@ def full_study(model: str = "litemedsam", checkpoint: str | None = None, experim
     (hours on a CPU, minutes on a GPU; ``limit`` slices per split for a try) into
     ``runs/notebook/<model>`` (for a checkpoint, its folder's name, e.g. ``litemedsam-finetuned``,
     prefixed with the model's where it lacks it) and load it like committed results."""
-    from .study import run_study
+    from .study import StudyConfig, run_study
 
     name = model
     if checkpoint is not None:
         folder = Path(checkpoint).resolve().parent.name
         name = folder if folder.startswith(model) else f"{model}-{folder}"
     out = Path(out) if out is not None else repo_root() / "runs" / "notebook" / name
-    run_study(out, data=str(find_data()), splits=("train", "test"), model_name=model, checkpoint=checkpoint,
-              seeds=seeds, experiments=experiments, limit=limit,
-              command=f"samhw.workbook.full_study({model!r}, {checkpoint!r}, experiments={list(experiments)}, seeds={seeds}, "
-                      f"limit={limit})")
+    run_study(StudyConfig(out, data=str(find_data()), splits=("train", "test"), model=model, checkpoint=checkpoint,
+                          seeds=seeds, experiments=experiments, limit=limit,
+                          command=f"samhw.workbook.full_study({model!r}, {checkpoint!r}, experiments={list(experiments)}, "
+                                  f"seeds={seeds}, limit={limit})"))
     return [r for r in load_results(out.parent, verbose=True) if r.name == out.name]
 
 

@@ -75,21 +75,19 @@ def test_decoding_stays_fp32_inside_an_autocast_region(plain):
     """Inference decodes in fp32 on every device (bf16 is for fine-tuning the image encoder), also
     when called from inside an autocast region: the bits are those of a call outside it."""
     torch.manual_seed(3)
-    model = build_model("litemedsam")
-    model.plain = plain
+    model = build_model("litemedsam", plain=plain)
     embedding = torch.randn(1, 256, 64, 64)
     prompts = [Prompt(np.array([[60.0, 70.0]]), np.array([1]), np.array([20.0, 50.0, 100.0, 140.0]))] * 2
-    masks, scores = model.predict_masks(embedding, prompts, (256, 256), True)
+    masks, scores = model.predict(embedding, prompts, (256, 256), True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        masks_ac, scores_ac = model.predict_masks(embedding, prompts, (256, 256), True)
-    assert scores.dtype == torch.float32 and torch.equal(scores, scores_ac) and torch.equal(masks, masks_ac)
+        masks_ac, scores_ac = model.predict(embedding, prompts, (256, 256), True)
+    assert scores.dtype == np.float32 and np.array_equal(scores, scores_ac) and np.array_equal(masks, masks_ac)
 
 
 def test_encoding_stays_fp32_inside_an_autocast_region():
     """The torch encoder (CUDA's, and the CPU's plain path) computes in fp32 even inside autocast."""
     torch.manual_seed(4)
-    model = build_model("litemedsam")
-    model.plain = True
+    model = build_model("litemedsam", plain=True)
     image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     embedding = model.encode([image])
     with torch.autocast("cpu", dtype=torch.bfloat16):

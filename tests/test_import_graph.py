@@ -4,17 +4,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "import_graph.py"
 spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
 graph = importlib.util.module_from_spec(spec)
 sys.modules["import_graph"] = graph  # dataclasses look their module up there
 spec.loader.exec_module(graph)
-
-#: What still breaks the layering: load_model resolves a shipped name through shipped, which
-#: builds on models (the fix: a torch-free sidecar reader that models imports, export apart).
-KNOWN = ["cycle models <-> shipped (deferred: load_model of a shipped name; shipped imports models)"]
 
 
 def test_the_graph_reads_imports_of_every_kind(tmp_path):
@@ -62,7 +56,6 @@ def test_the_torch_free_core_never_imports_torch():
     assert graph.torch_in_torch_free(external) == []
 
 
-@pytest.mark.xfail(strict=True, reason="; ".join(KNOWN))
 def test_no_core_module_imports_a_view_and_there_is_no_cycle_even_in_functions():
     edges, external = graph.import_graph()
     assert graph.problems(edges, external) == []

@@ -10,7 +10,7 @@ from samhw.cache import EmbeddingCache
 from samhw.cli import main
 from samhw.fast_decoder import FastDecoder
 from samhw.interactive import Session, refine_slice
-from samhw.models import build_model
+from samhw.models import build_model, load_model
 from samhw.prompts import Prompt, Target, parse_prompts
 from samhw.refine import next_click
 
@@ -47,11 +47,8 @@ def test_session_fast_and_plain_agree_with_a_mask_input(lite_model, real_slices,
     click = next_click(item.mask, start.mask)
     prompt = Prompt(np.vstack([first.points, click.point[None]]), np.append(first.labels, click.label), first.box)
     a = fast.decode(prompt, start.low_res)
-    lite_model.plain = True
-    try:
-        b = Session(lite_model, embedding, item.mask.shape).decode(prompt, start.low_res)
-    finally:
-        lite_model.plain = False
+    plain = load_model("litemedsam", device="cpu", plain=True)
+    b = Session(plain, embedding, item.mask.shape).decode(prompt, start.low_res)
     assert np.mean(a.mask == b.mask) > 0.999
     assert a.score == pytest.approx(b.score, abs=1e-4)
 

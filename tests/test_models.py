@@ -224,3 +224,49 @@ def test_a_damaged_project_checkpoint_is_refused_naming_the_file(lite_model, tmp
     del record["tensors_sha256"]
     torch.save(record, path)
     assert load_model("litemedsam", path, "cpu").fingerprint() == lite_model.fingerprint()
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _broken(*args, **kwargs):
+    raise AssertionError("the fast path ran on a plain model")
+
+
+def test_a_plain_model_never_takes_the_fast_path(monkeypatch):
+    """The backend is fixed when the model is built: with the ONNX encoder and the fast decoder
+    broken, a plain model still encodes and decodes (and cannot be switched afterwards)."""
+    from samhw.fast_decoder import FastDecoder
+    from samhw.onnx_encoder import OnnxEncoder
+    from samhw.predictor import Predictor
+
+    torch.manual_seed(5)
+    model = build_model("litemedsam", plain=True)
+    for name in ("prepare", "decode", "decode_all", "with_mask"):
+        monkeypatch.setattr(FastDecoder, name, _broken)
+    monkeypatch.setattr(OnnxEncoder, "__call__", _broken)
+    monkeypatch.setattr(OnnxEncoder, "export", _broken)
+    assert (model.plain, model.backend.name, model.encoder_backend) == (True, "plain", "torch-fp32")
+    predictor = Predictor(model)
+    predictor.set_image(ramp_image(96, 128))
+    prompt = Prompt(np.array([[40.0, 30.0]]), np.array([1]), np.array([10.0, 5.0, 90.0, 60.0]))
+    masks, scores = predictor.predict_prompts([prompt], True)
+    assert masks.shape == (1, 96, 128) and scores.shape == (1,)
+    mask, _, low_res = predictor.refine(prompt, torch.zeros(1, 1, 256, 256))
+    assert mask.shape == (96, 128) and tuple(low_res.shape) == (1, 1, 256, 256)
+    with pytest.raises(AttributeError):
+        model.plain = False
+
+
+def test_a_fast_model_takes_the_fast_decoder(monkeypatch):
+    """The other side of the test above: the same calls on a fast model reach the fast decoder."""
+    from samhw.fast_decoder import FastDecoder
+    from samhw.predictor import Predictor
+
+    model = build_model("litemedsam")
+    assert (model.plain, model.backend.name) == (False, "fast")
+    monkeypatch.setattr(FastDecoder, "decode", _broken)
+    predictor = Predictor(model)
+    predictor.set_embedding(torch.zeros(1, 256, 64, 64), (96, 128))
+    with pytest.raises(AssertionError, match="fast path"):
+        predictor.predict_prompts([Prompt(np.array([[40.0, 30.0]]), np.array([1]), None)], True)

@@ -71,12 +71,11 @@ def vit_b_pair():
     SamPredictor, and samhw's vit_b with the same weights and the same (memoised) encoder."""
     torch.manual_seed(0)
     sam = sam_model_registry["vit_b"](checkpoint=None).eval()
-    model = build_model("vit_b")
+    model = build_model("vit_b", plain=True)  # the torch encoder (no ONNX export of a random ViT-B)
     model.load_state_dict(sam.state_dict(), strict=True)
     memo = MemoEncoder(sam.image_encoder)
     sam.image_encoder = memo
     model.image_encoder = memo
-    model.plain = True  # the torch encoder (no ONNX export of a random ViT-B)
     return sam, SamPredictor(sam), model, memo
 
 
@@ -331,3 +330,20 @@ def test_the_readme_library_example_runs(data_dir, tmp_path, monkeypatch, capsys
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["masks"].shape == (1, *namespace["item"].mask.shape)
     assert 0.0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 1.0
+
+
+def test_a_predictor_from_a_cached_embedding_equals_set_image(lite_model, real_slices, tmp_path):
+    """set_embedding (what study, evaluate and interactive do with the cache's embedding) gives
+    set_image's masks, scores and logits bit for bit, on both decoders."""
+    cache = EmbeddingCache(lite_model, tmp_path)
+    item = real_slices.slices[0]
+    prompt = Prompt(np.array([[60.0, 70.0], [90.0, 30.0]]), np.array([1, 0]), None)
+    box = np.array([30.0, 20.0, 140.0, 90.0])
+    for decoder in ("fast", "plain"):
+        from_image, from_embedding = Predictor(lite_model, cache, decoder), Predictor(lite_model, decoder=decoder)
+        from_image.set_image(item.image)
+        from_embedding.set_embedding(cache.get(item.image), item.mask.shape)
+        for a, b in zip(from_image.predict_prompts([prompt], True), from_embedding.predict_prompts([prompt], True)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(from_image.predict(box=box), from_embedding.predict(box=box)):
+            np.testing.assert_array_equal(a, b)

@@ -413,16 +413,17 @@ def test_full_switch_runs_the_study_and_loads_it_like_committed_results(tmp_path
 
     calls = []
 
-    def fake_run_study(out, **kwargs):  # the real one is tested end to end in test_e2e.py
-        calls.append(kwargs)
-        write_results(Path(out), command=kwargs["command"])
+    def fake_run_study(config):  # the real one is tested end to end in test_e2e.py
+        calls.append({k: getattr(config, k) for k in ("data", "splits", "model", "checkpoint", "seeds", "experiments",
+                                                      "limit", "command")})
+        write_results(config.out, command=config.command)
 
     monkeypatch.setattr(samhw.study, "run_study", fake_run_study)
     monkeypatch.setattr(workbook, "find_data", lambda data=None: tmp_path / "kaggle_3m")
     found = workbook.full_study(experiments=["E1"], seeds=1, limit=1, out=tmp_path / "litemedsam")
     assert [r.name for r in found] == ["litemedsam"]
-    assert calls == [{"data": str(tmp_path / "kaggle_3m"), "splits": ("train", "test"), "model_name": "litemedsam",
-                      "checkpoint": None, "seeds": 1, "experiments": ["E1"], "limit": 1,
+    assert calls == [{"data": str(tmp_path / "kaggle_3m"), "splits": ("train", "test"), "model": "litemedsam",
+                      "checkpoint": None, "seeds": 1, "experiments": ("E1",), "limit": 1,
                       "command": "samhw.workbook.full_study('litemedsam', None, experiments=['E1'], seeds=1, limit=1)"}]
     assert "made by `samhw.workbook.full_study(" in capsys.readouterr().out
     # a checkpoint's study is filed under its own name, never as the pretrained model's
