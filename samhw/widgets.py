@@ -25,10 +25,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from . import plots
+from .analysis import weight_map
 from .metrics import iou
 from .predictor import Predictor
 from .prompts import PromptSpec, Target
-from .workbook import weight_map
 
 __all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "CompareExplorer", "figure_png"]
 
