@@ -10,6 +10,7 @@ logic is tested in ``tests/``. Nothing in the core imports this module.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from .prompts import PromptSpec, Target, parse_prompts
 from .report import leak_sentences
 
 __all__ = [
-    "DATA_HELP", "QUICK_STUDY", "FULL_STUDY",
+    "DATA_HELP", "QUICK_STUDY", "FULL_STUDY", "NOTEBOOK_EXTRA", "import_extra",
     "setup", "repo_root", "find_data", "results_dir", "StudyResults", "load_results", "combined_rows", "combined_summary",
     "live_model", "live_slices", "run_prompts", "live_rows", "live_summary", "full_study",
     "multimask_table", "leak_passage", "main",
@@ -56,6 +57,23 @@ FULL_STUDY = "python -m samhw study --splits train test"
 
 
 # ----------------------------------------------------------------------------- environment
+
+
+#: The packages of samhw's ``notebook`` extra (pyproject.toml): the notebooks' widgets need them, the
+#: library and the command line do not.
+NOTEBOOK_EXTRA = ("ipywidgets", "anywidget")
+
+
+def import_extra(name: str):
+    """Import a package of the ``notebook`` extra (or one that comes with it, e.g. ``traitlets``);
+    raise ``ModuleNotFoundError`` naming the install command where it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"{name} is not installed: samhw's notebook widgets need the notebook extra, "
+            "pip install -e '.[notebook]' in the checkout (make install has it; in Colab the notebooks' first cell "
+            "installs it)", name=name) from err
 
 
 def setup() -> None:

@@ -19,7 +19,6 @@ import io
 import time
 from typing import Sequence
 
-import ipywidgets as widgets
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -27,8 +26,11 @@ from matplotlib.patches import Rectangle
 from . import plots
 from .analysis import weight_map
 from .metrics import iou
+from .notebook import import_extra
 from .predictor import Predictor
 from .prompts import PromptSpec, Target
+
+widgets = import_extra("ipywidgets")
 
 __all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "CompareExplorer", "figure_png"]
 

@@ -1,24 +1,74 @@
-"""The explorers (samhw.widgets) driven from Python.
+"""The explorers (samhw.widgets) driven from Python, and the notebook extra they need (which the
+library and the command line do not).
 
 Most tests use synthetic slices and a stand-in model whose mask is the box (or a disc around the
 last point), so they are fast and their expected IoU is known; the slow ones use LiteMedSAM.
 """
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from stand_ins import FakeCache, FakeModel, make_slice, rect_mask, two_colour_slice
 
 from samhw import widgets
 from samhw.data import Dataset
 from samhw.metrics import iou
+from samhw.notebook import NOTEBOOK_EXTRA
 from samhw.prompts import PromptSpec, Target
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def slices():
     return [make_slice("TCGA_XX_0001_19990101_1", rect_mask(40, 80, 30, 90)),
             make_slice("TCGA_XX_0002_19990101_7", rect_mask(20, 50, 60, 100), patient="TCGA_XX_0002")]
+
+
+# ----------------------------------------------------------------------------- the notebook extra
+
+#: Run in a subprocess: the notebook extra's packages cannot be imported, then ``CODE`` runs.
+BLOCK = ("import sys\n"
+         "class Block:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name.split('.')[0] in {blocked!r}:\n"
+         "            raise ModuleNotFoundError(f'No module named {{name!r}} (blocked)', name=name)\n"
+         "sys.meta_path.insert(0, Block())\n")
+
+
+def without_extra(code: str) -> subprocess.CompletedProcess:
+    blocked = set(NOTEBOOK_EXTRA) | {"traitlets"}
+    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=blocked) + code], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def test_the_notebook_extra_is_declared_in_pyproject():
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["notebook"]
+    assert sorted(re.split(r"[=<>]", r)[0] for r in extra) == sorted(NOTEBOOK_EXTRA)
+
+
+def test_the_library_and_the_cli_work_without_the_notebook_extra():
+    """Every module but the two widget modules imports without ipywidgets and anywidget, and
+    ``python -m samhw --help`` runs; the widgets say which extra to install."""
+    modules = sorted(p.stem for p in (REPO / "samhw").glob("*.py") if p.stem not in {"widgets", "click_widget", "__main__"})
+    done = without_extra("import importlib\n"
+                         f"for m in {modules!r}: importlib.import_module('samhw.' + m)\n"
+                         "import runpy; sys.argv = ['samhw', '--help']; runpy.run_module('samhw', run_name='__main__')\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout and "study" in done.stdout
+    done = without_extra("import importlib\n"
+                         "for m in ('samhw.widgets', 'samhw.click_widget'):\n"
+                         "    try:\n"
+                         "        importlib.import_module(m)\n"
+                         "    except ModuleNotFoundError as err:\n"
+                         "        print(m, err)\n")
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["samhw.widgets", "samhw.click_widget"], done.stdout + done.stderr[-3000:]
+    assert all("pip install -e '.[notebook]'" in line for line in lines)
 
 
 # ----------------------------------------------------------------------------- the margin explorer
