@@ -115,6 +115,7 @@ def find_data(data: str | os.PathLike | None = None) -> Path:
 
 
 def results_dir() -> Path:
+    """The checkout's ``results`` folder (the study's committed results, as :func:`load_results` reads them)."""
     return repo_root() / "results"
 
 
@@ -169,7 +170,7 @@ def _missing(root: Path) -> str:
 
 
 def load_results(folder: str | os.PathLike | None = None, verbose: bool = True) -> list[StudyResults]:
-    """Every results folder (``<folder>/<name>/summary.csv``, default ``results/``), the pretrained
+    """Every results folder (``<folder>/<name>/summary.csv``, default :func:`results_dir`), the pretrained
     model first. Prints what was found and the command that made it, or how to make it."""
     root = Path(folder) if folder is not None else results_dir()
     found = []
@@ -264,7 +265,7 @@ def live_summary(rows: pd.DataFrame, model: str = "live") -> pd.DataFrame:
 def full_study(model: str = "litemedsam", checkpoint: str | None = None, experiments: Sequence[str] = ("E1", "E2", "E3"),
                seeds: int = 3, out: str | os.PathLike | None = None, limit: int | None = None) -> list[StudyResults]:
     """The notebooks' ``FULL = True`` path: run the study here on every slice of train and test
-    (hours on a CPU, minutes on a GPU; ``limit`` slices per split for a try) into
+    (``limit`` slices per split for a try) into
     ``runs/notebook/<model>`` (for a checkpoint, its folder's name, e.g. ``litemedsam-finetuned``,
     prefixed with the model's where it lacks it) and load it like committed results."""
     from .study import run_study

@@ -10,7 +10,7 @@
 Each explorer keeps its controls as attributes, redraws whenever one changes, and records what
 it drew (``state``, ``renders``, ``last_update_s``, ``error``), so tests set values from Python
 and check what was redrawn. An update decodes from the slice's cached embedding (one decoder
-pass, through :class:`samhw.Predictor`) and draws one small figure: well under a second on a CPU.
+pass, through :class:`samhw.Predictor`) and draws one small figure.
 """
 from __future__ import annotations
 
