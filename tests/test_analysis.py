@@ -126,3 +126,20 @@ def test_weight_panels_and_dominant_colours():
     colours = analysis.dominant_colors([item]).iloc[0]
     assert colours["M (pre, FLAIR, post)"] == "100 100 100" and colours["share in M's bin"] == 0.667
 
+
+
+def test_prompt_table_writes_both_intervals_where_the_summary_has_them():
+    summary = pd.DataFrame([
+        {"model": "m", "split": "test", "prompt": "b", "iou": 0.5, "iou_lo": 0.49, "iou_hi": 0.51, "iou_boot_lo": 0.4,
+         "iou_boot_hi": 0.625, "iou_patient": 0.45, "iou_patient_lo": 0.44, "iou_patient_hi": 0.46,
+         "iou_patient_boot_lo": 0.3, "iou_patient_boot_hi": 0.55},
+        {"model": "m", "split": "test", "prompt": "a", "iou": 0.25, "iou_lo": np.nan, "iou_hi": np.nan,
+         "iou_boot_lo": np.nan, "iou_boot_hi": np.nan, "iou_patient": 0.2, "iou_patient_lo": np.nan,
+         "iou_patient_hi": np.nan, "iou_patient_boot_lo": 0.1, "iou_patient_boot_hi": 0.3}])
+    table = analysis.prompt_table(summary, ["a", "b", "missing"])
+    assert list(table.index) == ["a", "b"] and list(table.columns) == ["m test"]  # the order asked, known prompts only
+    assert table.loc["b", "m test"] == "0.500 ± 0.010 [0.400, 0.625]" and table.loc["a", "m test"] == "0.250"
+    patients = analysis.prompt_table(summary, ["a", "b"], level="iou_patient")
+    assert list(patients["m test"]) == ["0.200 [0.100, 0.300]", "0.450 ± 0.010 [0.300, 0.550]"]
+    seeds_only = analysis.prompt_table(summary.drop(columns=["iou_boot_lo", "iou_boot_hi"]), ["b"])
+    assert seeds_only.loc["b", "m test"] == "0.500 ± 0.010"
