@@ -1,4 +1,4 @@
-"""Interactive explorers for the notebooks (ipywidgets 8, in JupyterLab and Colab).
+"""Interactive explorers for the notebooks (ipywidgets 8, in JupyterLab and Colab; samhw's ``notebook`` extra).
 
 * :class:`MarginExplorer`: a max-margin slider (-20..40) with seed and slice choosers; redraws the
   box, the predicted mask and its IoU.
