@@ -85,7 +85,8 @@ fig = plots.gallery(grid, zoom_pad=30)
 # `set_image` embeds one slice (through the cache); `predict` takes XY points (N, 2) in pixels of
 # the slice (x = column, y = row) with labels (N,) (1 foreground, 0 background). Here the mask
 # centroid: with `multimask_output=True` SAM returns three masks and a predicted IoU for each, and
-# the study keeps the mask of highest predicted IoU.
+# the study keeps the mask of highest predicted IoU. (LiteMedSAM, trained with boxes only, answers a
+# lone point with a near-empty mask: the caveat above.)
 
 # %%
 predictor = Predictor(model, cache)
@@ -95,7 +96,8 @@ ys, xs = np.nonzero(item.mask)
 point = np.array([[xs.mean(), ys.mean()]])  # the mask centroid, XY
 masks, scores, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
 kept = int(np.argmax(scores))
-print(f"{item.slice_id}: point {point[0].round(1).tolist()}, masks {masks.shape}, predicted IoU {scores.round(3).tolist()}; "
+print(f"{item.slice_id}: point ({point[0, 0]:.1f}, {point[0, 1]:.1f}), masks {masks.shape}, "
+      f"predicted IoU {', '.join(f'{s:.3f}' for s in scores)}; "
       f"kept mask {kept}: {int(masks[kept].sum())} px, IoU against the truth {iou(masks[kept], item.mask):.3f}")
 
 # %% [markdown]

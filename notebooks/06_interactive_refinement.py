@@ -25,8 +25,6 @@ import sys
 
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
-    from google.colab import output
-    output.enable_custom_widget_manager()
 
 # %%
 import json
