@@ -5,8 +5,9 @@ multimask pick; and the weight maps behind the Gaussian and bilateral point stra
 Inputs are the study's rows (one per split, patient, slice, prompt and seed, with a ``model``
 column naming the results folder or live model) or summaries (one per model, split and prompt,
 :func:`samhw.evaluate.summarize` or :func:`samhw.stats.summarize`); outputs are DataFrames or
-numpy arrays. Torch-free: numpy, pandas and :mod:`samhw.prompts` / :mod:`samhw.stats` only; the
-notebooks show these tables (:mod:`samhw.notebook` loads the rows), nothing here draws.
+numpy arrays. Torch-free (numpy, scipy, pandas, :mod:`samhw.prompts`, :mod:`samhw.stats`) and
+imports no view: the notebooks show these tables (:mod:`samhw.notebook` loads the rows), the
+report (:mod:`samhw.report`) reads the report's Table I from here; nothing here draws.
 """
 from __future__ import annotations
 
