@@ -21,11 +21,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "samhw"
 #: Modules that compute: they return data and write no figures or Markdown. Listed names that do
 #: not exist (yet) are ignored; modules in neither list (cli, study, bench, ...) may import anything.
 CORE = ("prompts", "metrics", "stats", "data", "models", "cache", "evaluate", "train", "refine", "predictor",
-        "fast_decoder", "onnx_encoder", "resources", "fileio", "imageio", "backends", "errors", "shipped_reader")
+        "fast_decoder", "onnx_encoder", "resources", "fileio", "imageio", "backends", "errors", "shipped_reader",
+        "analysis")
 #: Modules that draw, write reports or drive notebooks.
-VIEWS = ("plots", "report", "widgets", "workbook")
+VIEWS = ("plots", "report", "widgets", "click_widget", "notebook", "architecture")
 #: Core modules that must not import torch (at module level or in a function).
-TORCH_FREE = ("prompts", "metrics", "stats")
+TORCH_FREE = ("prompts", "metrics", "stats", "analysis")
 
 
 @dataclass(frozen=True)

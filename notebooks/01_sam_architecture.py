@@ -6,7 +6,7 @@
 # and masks into tokens, and a light **mask decoder** that answers a prompt in a few milliseconds
 # on a GPU. This notebook opens each part on the real `segment_anything` modules the project uses
 # (`samhw.models`): every shape below is measured by forward hooks while the module runs
-# (`samhw.workbook.trace`), every parameter count is read from the module.
+# (`samhw.architecture.trace`), every parameter count is read from the module.
 #
 # * SAM ViT-B (1024x1024 input) is built **without weights** on PyTorch's `meta` device: real modules
 #   and shapes, no numbers, no arithmetic.
@@ -14,17 +14,21 @@
 #   a TinyViT image encoder at 256x256 and SAM's own prompt encoder and mask decoder.
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
-from samhw import plots, study, workbook
+from samhw import architecture, notebook, plots, study
 from samhw.prompts import PromptSpec, Target
 
-workbook.setup()
+notebook.setup()
 
 # %% tags=["parameters"]
 # Parameters. FULL = True runs ViT-B for real (random weights, about a minute on a CPU) instead of on the meta device.
@@ -36,7 +40,7 @@ MODEL, CHECKPOINT = "litemedsam", None  # or "vit_b" with CHECKPOINT = "sam_vit_
 #
 # One real slice of the LGG Segmentation Dataset (Buda et al. 2019; Kaggle
 # `mateuszbuda/lgg-mri-segmentation`, CC BY-NC-SA 4.0): 256x256, three channels (pre-contrast,
-# FLAIR, post-contrast) and a tumour mask. `workbook.find_data()` looks in `$SAMHW_DATA`, then
+# FLAIR, post-contrast) and a tumour mask. `notebook.find_data()` looks in `$SAMHW_DATA`, then
 # `data/kaggle_3m` in the checkout, then the project's shared copy.
 #
 # **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
@@ -48,8 +52,8 @@ MODEL, CHECKPOINT = "litemedsam", None  # or "vit_b" with CHECKPOINT = "sam_vit_
 # ```
 
 # %%
-model, cache = workbook.live_model(MODEL, CHECKPOINT)
-item = study.gallery_slices(workbook.live_slices("test", 6), 3)[1]  # a middle-sized tumour of the test split
+model, cache = notebook.live_model(MODEL, CHECKPOINT)
+item = study.gallery_slices(notebook.live_slices("test", 6), 3)[1]  # a middle-sized tumour of the test split
 target = Target(item.mask, item.image, item.slice_id)
 print(f"{item.slice_id}: {int(item.mask.sum())} tumour pixels, tight box {target.box.tolist()}")
 
@@ -63,8 +67,8 @@ print(f"{item.slice_id}: {int(item.mask.sum())} tumour pixels, tight box {target
 # each followed by a LayerNorm over channels: the 64x64x256 image embedding.
 
 # %%
-vit_b = workbook.vit_b_without_weights(meta=not FULL)
-workbook.encoder_trace(vit_b, item.image)
+vit_b = architecture.vit_b_without_weights(meta=not FULL)
+architecture.encoder_trace(vit_b, item.image)
 
 # %%
 vit_b.image_encoder.neck
@@ -76,14 +80,14 @@ vit_b.image_encoder.neck
 # neck. It reaches the same 64x64x256 embedding from a 256x256 input, so SAM's decoder works unchanged.
 
 # %%
-workbook.encoder_trace(model, item.image)
+architecture.encoder_trace(model, item.image)
 
 # %%
-workbook.parameter_table({"SAM ViT-B": vit_b, "LiteMedSAM": model})
+architecture.parameter_table({"SAM ViT-B": vit_b, "LiteMedSAM": model})
 
 # %%
 embedding = cache.get(item.image)
-fig = plots.embedding_picture(item.image, item.mask, workbook.embedding_pca(embedding))
+fig = plots.embedding_picture(item.image, item.mask, architecture.embedding_pca(embedding))
 
 # %% [markdown]
 # ## 2. The prompt encoder
@@ -94,7 +98,7 @@ fig = plots.embedding_picture(item.image, item.mask, workbook.embedding_pca(embe
 # encoding of the 64x64 grid (`get_dense_pe`) is added to the image embedding inside the decoder.
 
 # %%
-fig = plots.positional_encoding(*workbook.positional_encoding(model))
+fig = plots.positional_encoding(*architecture.positional_encoding(model))
 
 # %% [markdown]
 # ### Points and box corners become tokens
@@ -104,7 +108,7 @@ fig = plots.positional_encoding(*workbook.positional_encoding(model))
 # column checks this decomposition on the live tensors.
 
 # %%
-workbook.sparse_tokens(model, target)
+architecture.sparse_tokens(model, target)
 
 # %% [markdown]
 # ### The dense path: a mask prompt, and the no-mask embedding
@@ -114,7 +118,7 @@ workbook.sparse_tokens(model, target)
 # single learned **no-mask** embedding is added at every grid position instead.
 
 # %%
-dense_table, dense_out, no_mask_is_broadcast = workbook.mask_path(model, item.mask)
+dense_table, dense_out, no_mask_is_broadcast = architecture.mask_path(model, item.mask)
 print("without a mask, the dense prompt is the no-mask embedding broadcast over 64x64:", no_mask_is_broadcast)
 dense_table
 
@@ -131,7 +135,7 @@ dense_table
 
 # %%
 box = PromptSpec.parse("box:0").draw(target, 0)
-workbook.decoder_trace(model, embedding, box, item.mask.shape)
+architecture.decoder_trace(model, embedding, box, item.mask.shape)
 
 # %% [markdown]
 # ### Multimask output
@@ -142,11 +146,11 @@ workbook.decoder_trace(model, embedding, box, item.mask.shape)
 # %%
 for name in ("box:0", "center_mask"):
     prompt = PromptSpec.parse(name).draw(target, 0)
-    masks, scores = workbook.all_masks(model, embedding, prompt, item.mask.shape)
+    masks, scores = architecture.all_masks(model, embedding, prompt, item.mask.shape)
     plots.mask_outputs(item.image, item.mask, masks, scores, prompt, title=f"{MODEL}, prompt {name}")
 
 # %% [markdown]
 # ## 4. The data flow, with the shapes measured above
 
 # %%
-fig = plots.sam_dataflow(workbook.dataflow_shapes(model, item.image, box, embedding), title=f"{MODEL}: data flow on {item.slice_id}")
+fig = plots.sam_dataflow(architecture.dataflow_shapes(model, item.image, box, embedding), title=f"{MODEL}: data flow on {item.slice_id}")

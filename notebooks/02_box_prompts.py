@@ -11,17 +11,24 @@
 # full curves. Set `FULL = True` in the parameters cell to compute everything here instead.
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
-from samhw import plots, study, widgets, workbook
+import numpy as np
+
+from samhw import Predictor, analysis, notebook, plots, study, widgets
+from samhw.metrics import iou
 from samhw.study import EXPERIMENTS
 
-workbook.setup()
+notebook.setup()
 
 # %% tags=["parameters"]
 # Parameters. FULL = True reruns E1 on every train and test slice here (hours on a CPU, minutes on a GPU)
@@ -47,8 +54,8 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = workbook.live_model(MODEL, CHECKPOINT)
-live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+model, cache = notebook.live_model(MODEL, CHECKPOINT)
+live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
 
@@ -61,14 +68,31 @@ grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3)
 fig = plots.gallery(grid, zoom_pad=45)
 
 # %% [markdown]
+# ## One box through `samhw.Predictor`
+# What the gallery and the study do for each prompt, written out with the Predictor (shaped like
+# `segment_anything.SamPredictor`): `set_image` embeds one slice (through the cache), `predict`
+# decodes a prompt in SAM's formats, here an XYXY box in pixels of the slice (x = column, y = row).
+# A box gets SAM's single mask (`multimask_output=False`), as in the study.
+
+# %%
+predictor = Predictor(model, cache)
+item = live["test"].slices[2]
+predictor.set_image(item.image)
+ys, xs = np.nonzero(item.mask)
+box = np.array([xs.min(), ys.min(), xs.max(), ys.max()])  # the tight box
+masks, scores, low_res = predictor.predict(box=box, multimask_output=False)
+print(f"{item.slice_id}: box {box.tolist()}, masks {masks.shape}, predicted IoU {scores[0]:.3f}, "
+      f"IoU against the truth {iou(masks[0], item.mask):.3f}")
+
+# %% [markdown]
 # ## E1 live, on these few slices
 # Mean IoU over slices; ± is the half-width of the 95% interval over seeds (the tight box does not
 # depend on the seed, so it has none). A handful of slices gives a rough curve only.
 
 # %%
-rows = workbook.live_rows(model, cache, live, EXPERIMENTS["E1"], range(SEEDS))
-live_summary = workbook.live_summary(rows)
-workbook.margin_table(live_summary)
+rows = notebook.live_rows(model, cache, live, EXPERIMENTS["E1"], range(SEEDS))
+live_summary = notebook.live_summary(rows)
+analysis.margin_table(live_summary)
 
 # %%
 fig = plots.margin_curves(live_summary, by=("model", "split"))
@@ -80,11 +104,11 @@ fig = plots.margin_curves(live_summary, by=("model", "split"))
 # once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
 
 # %%
-results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E1"]) if FULL else workbook.load_results()
-summary = workbook.combined_summary(results)
+results = notebook.full_study(MODEL, CHECKPOINT, experiments=["E1"]) if FULL else notebook.load_results()
+summary = notebook.combined_summary(results)
 
 # %%
-workbook.margin_table(summary) if results else None
+analysis.margin_table(summary) if results else None
 
 # %%
 fig = plots.margin_curves(summary, by=("model", "split")) if results else None
@@ -96,10 +120,10 @@ fig = plots.margin_curves(summary, by=("model", "split")) if results else None
 # how many of its steps rise below 0 and fall above 0 (slice-level means).
 
 # %%
-workbook.margin_observation(live_summary)
+analysis.margin_observation(live_summary)
 
 # %%
-workbook.margin_observation(summary) if results else None
+analysis.margin_observation(summary) if results else None
 
 # %% [markdown]
 # ## Shrunken boxes that end as a line
@@ -109,7 +133,7 @@ workbook.margin_observation(summary) if results else None
 # often that happens in the committed study, and the mean IoU of those boxes against the others:
 
 # %%
-workbook.thin_boxes(workbook.combined_rows(results)) if results else None
+analysis.thin_boxes(notebook.combined_rows(results)) if results else None
 
 # %% [markdown]
 # ## Try it: the margin slider

@@ -22,17 +22,24 @@
 # SAM ViT-B; `MODEL = "vit_b"` with its official checkpoint runs the same cells unchanged.
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
-from samhw import plots, study, workbook
+import numpy as np
+
+from samhw import Predictor, analysis, notebook, plots, study
+from samhw.metrics import iou
 from samhw.study import EXPERIMENTS
 
-workbook.setup()
+notebook.setup()
 
 # %% tags=["parameters"]
 # Parameters. FULL = True reruns E2 on every train and test slice here (hours on a CPU, minutes on a GPU)
@@ -58,8 +65,8 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = workbook.live_model(MODEL, CHECKPOINT)
-live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+model, cache = notebook.live_model(MODEL, CHECKPOINT)
+live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
 
@@ -69,8 +76,29 @@ for split, dataset in live.items():
 # outline; blue: the predicted mask.
 
 # %%
-grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), workbook.TABLE_I_STRATEGIES)
+grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), analysis.TABLE_I_STRATEGIES)
 fig = plots.gallery(grid, zoom_pad=30)
+
+# %% [markdown]
+# ## One point through `samhw.Predictor`
+# The same decoding written out with the Predictor (shaped like `segment_anything.SamPredictor`):
+# `set_image` embeds one slice (through the cache); `predict` takes XY points (N, 2) in pixels of
+# the slice (x = column, y = row) with labels (N,) (1 foreground, 0 background). Here the mask
+# centroid: with `multimask_output=True` SAM returns three masks and a predicted IoU for each, and
+# the study keeps the mask of highest predicted IoU. (LiteMedSAM, trained with boxes only, answers a
+# lone point with a near-empty mask: the caveat above.)
+
+# %%
+predictor = Predictor(model, cache)
+item = live["test"].slices[2]
+predictor.set_image(item.image)
+ys, xs = np.nonzero(item.mask)
+point = np.array([[xs.mean(), ys.mean()]])  # the mask centroid, XY
+masks, scores, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+kept = int(np.argmax(scores))
+print(f"{item.slice_id}: point ({point[0, 0]:.1f}, {point[0, 1]:.1f}), masks {masks.shape}, "
+      f"predicted IoU {', '.join(f'{s:.3f}' for s in scores)}; "
+      f"kept mask {kept}: {int(masks[kept].sum())} px, IoU against the truth {iou(masks[kept], item.mask):.3f}")
 
 # %% [markdown]
 # ## Table I, live on these few slices
@@ -79,9 +107,9 @@ fig = plots.gallery(grid, zoom_pad=30)
 # here, so wide), beside the report's numbers for SAM ViT-B on its own, slice-level split.
 
 # %%
-rows = workbook.live_rows(model, cache, live, EXPERIMENTS["E2"], range(SEEDS))
-live_summary = workbook.interval_summary(rows)
-workbook.table_one(live_summary)
+rows = notebook.live_rows(model, cache, live, EXPERIMENTS["E2"], range(SEEDS))
+live_summary = analysis.interval_summary(rows)
+analysis.table_one(live_summary)
 
 # %% [markdown]
 # ## The committed study
@@ -91,16 +119,16 @@ workbook.table_one(live_summary)
 
 # %%
 experiments = [e for e in ("E2", "E6") if e in EXPERIMENTS]  # E6 (the leak control) where the study has it
-results = workbook.full_study(MODEL, CHECKPOINT, experiments=experiments) if FULL else workbook.load_results()
-all_rows = workbook.combined_rows(results)
-summary = workbook.interval_summary(all_rows) if results else None  # both intervals, from the rows
+results = notebook.full_study(MODEL, CHECKPOINT, experiments=experiments) if FULL else notebook.load_results()
+all_rows = notebook.combined_rows(results)
+summary = analysis.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
 # %% [markdown]
 # ### Table I's counterpart, every slice
 # Mean IoU over slices, `± seeds [patients]` (captions above).
 
 # %%
-workbook.table_one(summary) if results else None
+analysis.table_one(summary) if results else None
 
 # %% [markdown]
 # ### The same, averaged per patient first
@@ -108,7 +136,7 @@ workbook.table_one(summary) if results else None
 # (`± seeds [patients]` again).
 
 # %%
-workbook.prompt_table(summary, workbook.TABLE_I_STRATEGIES, level="iou_patient") if results else None
+analysis.prompt_table(summary, analysis.TABLE_I_STRATEGIES, level="iou_patient") if results else None
 
 # %% [markdown]
 # ## Where the centre points fall outside the mask
@@ -117,17 +145,17 @@ workbook.prompt_table(summary, workbook.TABLE_I_STRATEGIES, level="iou_patient")
 # (`<strategy>_snapped`) changes:
 
 # %%
-workbook.off_target_table(rows)
+analysis.off_target_table(rows)
 
 # %%
-workbook.off_target_table(all_rows) if results else None
+analysis.off_target_table(all_rows) if results else None
 
 # %% [markdown]
 # Test slices where the box centre is off the mask, with each centre point as drawn and snapped:
 
 # %%
-test_all = workbook.live_slices("test", None)
-outside = workbook.off_target_slices(test_all, "center_box")
+test_all = notebook.live_slices("test", None)
+outside = analysis.off_target_slices(test_all, "center_box")
 print(f"the box centre is off the mask on {len(outside)} of {len(test_all)} test slices")
 grid = study.predict_gallery(model, cache, outside[:3], ["center_box", "center_box_snapped", "center_mask",
                                                          "center_mask_snapped", "center_gaussian", "center_gaussian_snapped"])
@@ -140,8 +168,8 @@ fig = plots.gallery(grid, zoom_pad=30)
 # the truth) and against SAM's single-mask output?
 
 # %%
-choice = workbook.multimask_table(model, cache, live["test"], "center_gaussian")
-workbook.multimask_summary(choice)
+choice = notebook.multimask_table(model, cache, live["test"], "center_gaussian")
+analysis.multimask_summary(choice)
 
 # %%
 choice
@@ -163,10 +191,10 @@ fig = plots.gallery(grid, zoom_pad=30)
 # %%
 PAIRS = [("center_gaussian+background", "center_gaussian"), ("random_gaussian+background", "random_gaussian"),
          ("box:0+center_gaussian", "box:0")]
-workbook.paired_difference(rows, PAIRS[:2])
+analysis.paired_difference(rows, PAIRS[:2])
 
 # %%
-workbook.paired_difference(all_rows, PAIRS) if results else None
+analysis.paired_difference(all_rows, PAIRS) if results else None
 
 # %% [markdown]
 # ## The background leak (E6)
@@ -178,7 +206,7 @@ workbook.paired_difference(all_rows, PAIRS) if results else None
 # ("not run" until both models have `background_far` rows):
 
 # %%
-workbook.prompt_table(summary, ["background", "background_far"], level="iou_patient") if results else None
+analysis.prompt_table(summary, ["background", "background_far"], level="iou_patient") if results else None
 
 # %%
-print(workbook.leak_passage(all_rows)) if results else None
+print(notebook.leak_passage(all_rows)) if results else None

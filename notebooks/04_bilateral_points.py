@@ -20,16 +20,20 @@
 # weightings where one point gives a real mask.
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
-from samhw import plots, study, widgets, workbook
+from samhw import analysis, notebook, plots, study, widgets
 
-workbook.setup()
+notebook.setup()
 
 # %% tags=["parameters"]
 # Parameters. FULL = True reruns E2 and E3 on every train and test slice here (hours on a CPU) into runs/notebook/.
@@ -54,8 +58,8 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = workbook.live_model(MODEL, CHECKPOINT)
-live = {split: workbook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
+model, cache = notebook.live_model(MODEL, CHECKPOINT)
+live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
 
@@ -67,10 +71,10 @@ for split, dataset in live.items():
 
 # %%
 shown = study.gallery_slices(live["test"], 3)
-workbook.dominant_colors(shown)
+analysis.dominant_colors(shown)
 
 # %%
-fig = plots.weight_grid(workbook.weight_panels(shown))
+fig = plots.weight_grid(analysis.weight_panels(shown))
 
 # %% [markdown]
 # ## Bilateral against Gaussian, live on these few slices
@@ -84,11 +88,11 @@ PAIRS = [("random_bilateral", "random_gaussian"), ("center_bilateral", "center_g
          ("center_bilateral_snapped", "center_gaussian_snapped")]
 BOX_PAIR = [("box:0+center_bilateral", "box:0+center_gaussian")]
 prompts = [p for pair in PAIRS + BOX_PAIR for p in pair]
-rows = workbook.live_rows(model, cache, live, prompts, range(SEEDS))
-workbook.prompt_table(workbook.interval_summary(rows), prompts)
+rows = notebook.live_rows(model, cache, live, prompts, range(SEEDS))
+analysis.prompt_table(analysis.interval_summary(rows), prompts)
 
 # %%
-workbook.paired_difference(rows, PAIRS + BOX_PAIR)
+analysis.paired_difference(rows, PAIRS + BOX_PAIR)
 
 # %% [markdown]
 # ## The committed study
@@ -97,12 +101,12 @@ workbook.paired_difference(rows, PAIRS + BOX_PAIR)
 # once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
 
 # %%
-results = workbook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else workbook.load_results()
-all_rows = workbook.combined_rows(results)
-summary = workbook.interval_summary(all_rows) if results else None  # both intervals, from the rows
+results = notebook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else notebook.load_results()
+all_rows = notebook.combined_rows(results)
+summary = analysis.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
 # %%
-workbook.prompt_table(summary, [p for pair in PAIRS for p in pair]) if results else None
+analysis.prompt_table(summary, [p for pair in PAIRS for p in pair]) if results else None
 
 # %% [markdown]
 # Paired per patient, as above. For the fine-tuned model the comparison is like for like only if the
@@ -110,7 +114,7 @@ workbook.prompt_table(summary, [p for pair in PAIRS for p in pair]) if results e
 # `python -m samhw report` from `training.json`) says which.
 
 # %%
-workbook.paired_difference(all_rows, PAIRS) if results else None
+analysis.paired_difference(all_rows, PAIRS) if results else None
 
 # %% [markdown]
 # ## Try it: the sigma sliders

@@ -11,20 +11,24 @@
 # `python -m samhw finetune` runs the real recipe (see the parameters cell for `FULL = True`).
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
 import json
 
 import pandas as pd
 
-from samhw import plots, study, train, tuning, widgets, workbook
+from samhw import notebook, plots, study, train, tuning, widgets
 
-workbook.setup()
+notebook.setup()
 
 # %% [markdown]
 # ## Parameters
@@ -57,7 +61,7 @@ SHIPPED = "litemedsam-lgg"             # the fine-tuned model shipped in samhw/w
 # once and its embedding cached: a step then runs only the small parts, fast on a CPU.
 
 # %%
-model, cache = workbook.live_model("litemedsam", device="cpu")
+model, cache = notebook.live_model("litemedsam", device="cpu")
 tuning.trainable_table(model, PARTS)
 
 # %% [markdown]
@@ -76,7 +80,7 @@ tuning.mix_table(config)
 # the prompt each one gets.
 
 # %%
-train_set = workbook.live_slices("train", None)
+train_set = notebook.live_slices("train", None)
 batch = tuning.draw_batch(config, train_set, epoch=0, step=0)
 fig = tuning.batch_figure(batch)
 
@@ -116,8 +120,8 @@ print(f"mean loss: boxes {per_prompt[boxes]['loss'].mean():.3f} over {int(boxes.
 # %%
 mini = train.FinetuneConfig(parts=PARTS, epochs=MINI_EPOCHS, batch_size=4, lr=3e-4, warmup_steps=0,
                             limit=MINI_SLICES, val_limit=MINI_VAL)
-before = tuning.validation_iou(model, cache, workbook.live_slices("val", MINI_VAL), mini.val_prompts)
-log = tuning.mini_run(mini, workbook.repo_root() / "runs" / "notebook" / "05-mini", data=str(workbook.find_data()))
+before = tuning.validation_iou(model, cache, notebook.live_slices("val", MINI_VAL), mini.val_prompts)
+log = tuning.mini_run(mini, notebook.repo_root() / "runs" / "notebook" / "05-mini", data=str(notebook.find_data()))
 print(f"before training: validation IoU {before:.4f}")
 for entry in log["epochs"]:
     print(f"epoch {entry['epoch']}: training loss {entry['loss']:.4f} (mask {entry['mask_loss']:.4f}, "
@@ -134,12 +138,12 @@ assert log["epochs"][-1]["val_mean"] != before, "validation IoU did not move"
 # %%
 if FULL:
     full = train.FinetuneConfig(parts=PARTS, epochs=EPOCHS)
-    out = workbook.repo_root() / "runs" / "notebook" / "litemedsam-finetuned"
-    train.finetune(full, out, data=str(workbook.find_data()), resume=(out / "last.pt").exists(),
+    out = notebook.repo_root() / "runs" / "notebook" / "litemedsam-finetuned"
+    train.finetune(full, out, data=str(notebook.find_data()), resume=(out / "last.pt").exists(),
                    command="notebook 05 with FULL = True")
     record = json.loads((out / "log.json").read_text())
 else:
-    record = json.loads((workbook.results_dir() / "litemedsam-finetuned" / "training.json").read_text())
+    record = json.loads((notebook.results_dir() / "litemedsam-finetuned" / "training.json").read_text())
 print(f"`{record['command']}`: best epoch {record['best']['epoch']} of {len(record['epochs'])}, "
       f"mean validation IoU {record['best']['val_mean']:.4f}")
 fig = plots.training_curves(record["epochs"])
@@ -154,7 +158,7 @@ fig = plots.training_curves(record["epochs"])
 # %%
 tuned, origin = tuning.load_shipped(SHIPPED)
 print(origin)
-test_set = workbook.live_slices("test", 8)
+test_set = notebook.live_slices("test", 8)
 prompts = ["box:0", "box:20", "center_gaussian", "random_gaussian", "center_gaussian+background"]
 if tuned is not None:
     shown = study.gallery_slices(test_set, 3)
@@ -167,7 +171,7 @@ if tuned is not None:
 
 # %%
 if tuned is not None:
-    rows = {label: workbook.run_prompts(m, cache, test_set, prompts, [0]) for label, m in
+    rows = {label: notebook.run_prompts(m, cache, test_set, prompts, [0]) for label, m in
             (("pretrained", model), ("shipped", tuned))}
     comparison = pd.DataFrame({label: r.groupby("prompt", sort=False)["iou"].mean() for label, r in rows.items()}).round(3)
 else:
@@ -184,7 +188,7 @@ comparison
 if tuned is None:
     from samhw.models import load_model
 
-    tuned = load_model("litemedsam", workbook.repo_root() / "runs" / "notebook" / "05-mini" / "best.pt", device="cpu")
+    tuned = load_model("litemedsam", notebook.repo_root() / "runs" / "notebook" / "05-mini" / "best.pt", device="cpu")
     right = "mini-run"
 else:
     right = "shipped"

@@ -16,14 +16,15 @@
 #   NoC@t = the least k whose IoU reaches t, 20 when none does.
 
 # %%
-# Setup: nothing to do where samhw is installed (`make install` or `pip install -e .`). In Colab, upload a zip
-# of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it (there is no public URL).
-import importlib.util, subprocess, sys  # noqa: E401
+# Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
+# In Colab, upload a zip of this repository, run `!unzip -q samhw.zip -d /content/`, then this cell installs it
+# with its notebook extra (ipywidgets, anywidget for the widgets; there is no public URL).
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw", "ipywidgets==8.1.9",
-                    "anywidget==0.11.0"], check=True)
-    from google.colab import output
-    output.enable_custom_widget_manager()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/samhw[notebook]"], check=True)
 
 # %%
 import json
@@ -32,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from samhw import plots, workbook
+from samhw import Predictor, notebook, plots
 from samhw.click_widget import ClickSegmenter
 from samhw.interactive import trace_refinement
 from samhw.refine import summary_table
 
-workbook.setup()
+notebook.setup()
 
 # %% tags=["parameters"]
 # Parameters: the model of the live part and the slices shown.
@@ -53,8 +54,8 @@ CLICKS = 9  # correction clicks shown click by click
 # clicks; the newest click is ringed.
 
 # %%
-model, cache = workbook.live_model(MODEL, CHECKPOINT)
-live = workbook.live_slices("test", LIVE_SLICES)
+model, cache = notebook.live_model(MODEL, CHECKPOINT)
+live = notebook.live_slices("test", LIVE_SLICES)
 item = live.slices[2]
 embedding = cache.get(item.image)
 print(f"{item.slice_id}: tumor of {int(item.mask.sum())} px")
@@ -75,7 +76,7 @@ for start, with_mask in [("center_inside", True), ("box:0", True), ("box:0", Fal
 
 # %%
 results = {}
-for folder in sorted(workbook.results_dir().glob("*")):
+for folder in sorted(notebook.results_dir().glob("*")):
     if (folder / "e5_curve.csv").is_file():
         results[folder.name] = (pd.read_csv(folder / "e5_curve.csv"), pd.read_csv(folder / "e5_noc.csv"))
         record = json.loads((folder / "e5_rows_test.json").read_text())
@@ -103,9 +104,9 @@ for name, (curve, noc) in results.items():
 
 # %%
 models = {"pretrained": (model, embedding)}
-tuned = workbook.repo_root() / "runs" / "litemedsam-finetuned" / "best.pt"
+tuned = notebook.repo_root() / "runs" / "litemedsam-finetuned" / "best.pt"
 if tuned.is_file():
-    tuned_model, _ = workbook.live_model(MODEL, str(tuned))
+    tuned_model, _ = notebook.live_model(MODEL, str(tuned))
     models["fine-tuned"] = (tuned_model, embedding)  # same image encoder, so the same embedding
 segmenter = ClickSegmenter(models, item.image, item.mask)
 segmenter
@@ -148,3 +149,14 @@ own = ClickSegmenter({"pretrained": model}, mine)
 own.drag(1.5 * xs.min(), 1.5 * ys.min(), 1.5 * xs.max(), 1.5 * ys.max())
 print(mine.shape, {k: v for k, v in own.state().items() if k in ("box", "area")})
 own
+
+# %% [markdown]
+# The same file through `samhw.Predictor` (shaped like `segment_anything.SamPredictor`): `set_image`
+# takes the path (or an array of any size), and prompts are pixels of that image: here the tight box
+# scaled by 1.5, XYXY.
+
+# %%
+predictor = Predictor(model)
+predictor.set_image(folder / "mine.png")
+masks, scores, _ = predictor.predict(box=1.5 * np.array([xs.min(), ys.min(), xs.max(), ys.max()]), multimask_output=False)
+print(f"masks {masks.shape}, predicted IoU {scores[0]:.3f}, mask {int(masks[0].sum())} px")

@@ -27,17 +27,19 @@ import io
 import time
 from dataclasses import dataclass, field
 
-import anywidget
-import ipywidgets as widgets
 import numpy as np
-import traitlets
 from scipy import ndimage
 
 from .interactive import Decoded, Session
 from .metrics import iou
 from .models import single_thread
+from .notebook import import_extra
 from .prompts import Prompt
 from .refine import Click, next_click
+
+anywidget = import_extra("anywidget")
+widgets = import_extra("ipywidgets")
+traitlets = import_extra("traitlets")
 
 __all__ = ["ClickCanvas", "ClickSegmenter", "render_png"]
 

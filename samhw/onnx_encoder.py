@@ -1,6 +1,6 @@
-"""The image encoder through ONNX Runtime on the CPU (about 1.6-2x faster there than eager PyTorch).
+"""The image encoder through ONNX Runtime on the CPU (faster there than eager PyTorch: README, "Speed").
 
-The encoder is exported once per weights (a few seconds) to ``<cache>/onnx/<encoder key>.onnx``
+The encoder is exported once per weights to ``<cache>/onnx/<encoder key>.onnx``
 and loaded from there afterwards. Embeddings agree with eager fp32 to about 1e-5.
 
 Beside the file, ``<encoder key>.onnx.blake2b`` holds its digest (hex). A file whose digest is

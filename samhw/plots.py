@@ -188,7 +188,7 @@ def gallery(grid: Sequence[Sequence[dict]], zoom_pad: int | None = None) -> Figu
     return fig
 
 
-# ----------------------------------------------------------------------------- workbook figures
+# ----------------------------------------------------------------------------- notebook figures
 
 
 def zoom_to(ax, box, shape, pad: int) -> None:
@@ -309,7 +309,7 @@ def embedding_picture(image: np.ndarray, truth: np.ndarray, picture: np.ndarray)
 
 
 def sam_dataflow(shapes: dict[str, str], title: str = "") -> Figure:
-    """A diagram of SAM's data flow, labelled with measured shapes (see ``workbook.dataflow_shapes``)."""
+    """A diagram of SAM's data flow, labelled with measured shapes (see :func:`samhw.architecture.dataflow_shapes`)."""
     fig, ax = plt.subplots(figsize=(11, 5.2))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

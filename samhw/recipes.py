@@ -1,6 +1,6 @@
 """The fine-tuning recipes tried, kept and dropped alike, as one table (pandas only).
 
-Each recipe is a training record in a folder (``results/finetune-recipes/<name>.json``: the run's
+Each recipe is a training record in a folder (``<folder>/<name>.json``: the run's
 command, options and per-epoch validation scores, as ``finetune`` writes them in ``log.json``).
 Validation prompt sets changed between recipes, so the table compares them on the prompts they
 share, besides each one's own mean.

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .analysis import REPORT_TABLE_I, TABLE_I_STRATEGIES
 from .fileio import atomic_write_text
 from .prompts import PromptSpec
 
 __all__ = ["Results", "results_markdown", "tables_markdown", "comparison_markdown", "write_comparison",
            "report_markdown", "comparisons", "report_comparisons",
            "comparisons_markdown", "reading_markdown", "targets_markdown", "leak_sentences", "results_block",
-           "update_readme", "replace_block", "mask_label", "interval_cell", "REPORT_TABLE_I", "TABLE_I_STRATEGIES",
+           "update_readme", "replace_block", "mask_label",
            "START", "END", "READING_START", "READING_END", "TARGETS_START", "TARGETS_END"]
 
 START = "<!-- results:start (written by `python -m samhw report`; do not edit by hand) -->"
@@ -34,19 +35,6 @@ READING_START = "<!-- reading:start (written by `python -m samhw report` from th
 READING_END = "<!-- reading:end -->"
 TARGETS_START = "<!-- targets:start (written by `python -m samhw report`) -->"
 TARGETS_END = "<!-- targets:end -->"
-
-#: The report's Table I: IoU of SAM ViT-B with one point, slice-level split (SPEC.md).
-TABLE_I_STRATEGIES = ["random_box", "random_mask", "random_gaussian", "center_box", "center_mask",
-                      "center_gaussian", "background"]
-REPORT_TABLE_I = pd.DataFrame(
-    {
-        "report test origin": [0.4612, 0.5308, 0.5703, 0.5827, 0.5905, 0.5911, 0.0815],
-        "report test finetuned": [0.4773, 0.4841, 0.4795, 0.6309, 0.6302, 0.6313, 0.0753],
-        "report train origin": [0.6183, 0.7284, 0.7259, 0.7629, 0.7634, 0.7637, 0.1856],
-        "report train finetuned": [0.6560, 0.7614, 0.7623, 0.7766, 0.7750, 0.7751, 0.2386],
-    },
-    index=pd.Index(TABLE_I_STRATEGIES, name="strategy"),
-)
 
 #: Prompt pairs compared within each model: (group, a, b).
 PROMPT_PAIRS = [
@@ -84,10 +72,9 @@ def mask_label(prompt: str) -> str:
     return "best of 3 by predicted IoU" if PromptSpec.parse(prompt).multimask else "single"
 
 
-def interval_cell(mean: float, lo: float, hi: float, boot_lo: float, boot_hi: float) -> str:
-    """``mean ± seed half-width [patient lo, patient hi]``."""
-    bounds = stats.format_bounds(boot_lo, boot_hi)
-    return stats.format_interval(mean, lo, hi) + (f" {bounds}" if bounds else "")
+def _cell(mean: float, lo: float, hi: float, boot_lo: float, boot_hi: float) -> str:
+    """A table cell ``mean ± seed half-width [patient lo, patient hi]``."""
+    return stats.format_interval(mean, lo, hi, bounds=(boot_lo, boot_hi))
 
 
 @dataclass
@@ -158,8 +145,8 @@ def results_markdown(results_dir: str | Path | Results) -> str:
         for split in splits:
             if (prompt, split) in table.index:
                 r = table.loc[(prompt, split)]
-                cells += [interval_cell(r["iou"], r["iou_lo"], r["iou_hi"], r["iou_boot_lo"], r["iou_boot_hi"]),
-                          interval_cell(r["iou_patient"], r["iou_patient_lo"], r["iou_patient_hi"],
+                cells += [_cell(r["iou"], r["iou_lo"], r["iou_hi"], r["iou_boot_lo"], r["iou_boot_hi"]),
+                          _cell(r["iou_patient"], r["iou_patient_lo"], r["iou_patient_hi"],
                                         r["iou_patient_boot_lo"], r["iou_patient_boot_hi"]),
                           f"{r['off_target']:.1%}" if r["off_target"] else ""]
             else:
@@ -239,7 +226,7 @@ def tables_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | Re
             for split in splits:
                 for k in results:
                     row = tables[k].loc[(prompt, split)] if (prompt, split) in tables[k].index else None
-                    cells.append("" if row is None else interval_cell(*(row[c] for c in cols)))
+                    cells.append("" if row is None else _cell(*(row[c] for c in cols)))
             if level == "slices":
                 known = prompt in REPORT_TABLE_I.index
                 cells.append(f"{REPORT_TABLE_I.loc[prompt, 'report test finetuned']:.3f}" if known else "")
@@ -315,11 +302,11 @@ def comparisons_markdown(table: pd.DataFrame, one_sample: bool = False) -> str:
                   "a - b [95%]", "Wilcoxon p", "patients a > b", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        diff = f"{r['a - b']:+.3f} {stats.format_bounds(r['lo'], r['hi'], signed=True)}".strip()
+        diff = stats.format_interval(r["a - b"], bounds=(r["lo"], r["hi"]), signed=True)
         p = stats.format_p(r["p"]).removeprefix("p=")
         wins = f"{r['a > b']}/{r['patients']}"
         if one_sample:
-            ours = f"{r['IoU a']:.3f} {stats.format_bounds(r['lo'] + r['IoU b'], r['hi'] + r['IoU b'])}".strip()
+            ours = stats.format_interval(r["IoU a"], bounds=(r["lo"] + r["IoU b"], r["hi"] + r["IoU b"]))
             cells = [r["split"], r["model"], f"`{r['a']}`", ours, f"{r['IoU b']:.4f}", diff, p, wins, r["verdict"]]
         else:
             cells = [r["group"], r["split"], r["model"], f"`{r['a']}`", f"`{r['b']}`", f"{r['IoU a']:.3f}",
@@ -395,7 +382,7 @@ def leak_sentences(rows: pd.DataFrame, split: str, models: dict[str, str]) -> st
         for prompt in LEAK:
             slices = stats.slice_values(here[(here["model"] == model) & (here["prompt"] == prompt)][["patient", "slice", "iou"]])
             mean, lo, hi = stats.bootstrap_mean(slices, "patients")
-            cells.append(f"`{prompt}` {mean:.3f} {stats.format_bounds(lo, hi)}")
+            cells.append(f"`{prompt}` {stats.format_interval(mean, bounds=(lo, hi))}")
         corner = stats.compare_prompts(here[(here["model"] == model) & (here["prompt"] == LEAK[0])],
                                        here[(here["model"] == model) & (here["prompt"] == LEAK[1])])
         parts.append(f"{label}: " + ", ".join(cells) + "; corner - far: "
@@ -479,8 +466,8 @@ def reading_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | R
             continue
         kinds = {}
         for _, r in rows.iterrows():
-            kinds.setdefault(r["verdict"], []).append(f"`{r['a']}` {r['a - b']:+.3f} "
-                                                      f"{stats.format_bounds(r['lo'], r['hi'], signed=True)}")
+            kinds.setdefault(r["verdict"], []).append(
+                f"`{r['a']}` {stats.format_interval(r['a - b'], bounds=(r['lo'], r['hi']), signed=True)}")
         out.append(f"* **Table I, {label} against the report's {split} {'fine-tuned' if label == 'fine-tuned' else 'origin'} "
                    f"values** (ours - report over slices [95% patients]): "
                    + "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items())
@@ -520,16 +507,17 @@ def targets_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | R
              "[95% patient-level interval]; a target is met or missed only where the interval lies on one side of it.", "",
              "| target | measured | met |", "|---|---|---|"]
     tight = summary.loc["box:0"]
-    lines.append(f"| tight box IoU at least {TARGET_TIGHT_BOX:.2f} | {tight['iou']:.3f} "
-                 f"{stats.format_bounds(tight['iou_boot_lo'], tight['iou_boot_hi'])} "
+    lines.append(f"| tight box IoU at least {TARGET_TIGHT_BOX:.2f} | "
+                 f"{stats.format_interval(tight['iou'], bounds=(tight['iou_boot_lo'], tight['iou_boot_hi']))} "
                  f"| {_target(tight['iou'], tight['iou_boot_lo'], tight['iou_boot_hi'], TARGET_TIGHT_BOX)} |")
     centres = [p for p in ("center_box", "center_mask", "center_gaussian") if p in summary.index]
     if centres:
         best = summary.loc[centres, "iou"].max()
         tops = [p for p in centres if round(summary.loc[p, "iou"], 3) == round(best, 3)]
         top = summary.loc[tops[0]]
-        lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | {best:.3f} "
-                     f"{stats.format_bounds(top['iou_boot_lo'], top['iou_boot_hi'])} ({', '.join(f'`{p}`' for p in tops)}) "
+        lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | "
+                     f"{stats.format_interval(best, bounds=(top['iou_boot_lo'], top['iou_boot_hi']))} "
+                     f"({', '.join(f'`{p}`' for p in tops)}) "
                      f"| {_target(best, top['iou_boot_lo'], top['iou_boot_hi'], TARGET_CENTRE_POINT)} |")
     else:
         lines.append(f"| best centre point (Table I) at least {TARGET_CENTRE_POINT:.2f} | not run | not shown |")

@@ -81,8 +81,8 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
     fine-tuning checkpoint; returns the sidecar.
 
     The file holds the tensors that differ from the base model's (the parts the run trained, its
-    options' ``parts``), floats in ``dtype``; the rest comes from the base at load time. ``results`` is a study folder (e.g.
-    ``results/litemedsam-finetuned``) whose test scores go into the sidecar if its study was of
+    options' ``parts``), floats in ``dtype``; the rest comes from the base at load time. ``results`` is a study folder (as
+    ``python -m samhw study`` writes it) whose test scores go into the sidecar if its study was of
     these weights. An existing file with other contents is replaced only with ``replace``.
     """
     if name in MODELS:

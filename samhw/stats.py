@@ -21,8 +21,8 @@ A claim ("higher", "lower") needs both the interval to exclude 0 and p < :data:`
 the verdict says that no difference is shown.
 
 The interval over prompt seeds (Student t over per-seed means) stays in :func:`samhw.metrics.mean_interval`;
-:func:`summarize` puts both beside each mean. :func:`format_interval` is the one ``mean ± half-width``
-formatter of the package.
+:func:`summarize` puts both beside each mean. :func:`format_interval` is the package's one interval
+formatter (``mean ± half-width``, ``mean [lo, hi]`` or both).
 """
 from __future__ import annotations
 
@@ -55,15 +55,27 @@ INTERVALS_NOTE = (f"[lo, hi] is the 95% patient-level interval: a percentile boo
 # ----------------------------------------------------------------------------- formatting
 
 
-def format_interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
-    """``mean ± half-width`` of an interval ``[lo, hi]``, or the mean alone when ``lo`` is None or NaN."""
-    if lo is None or (isinstance(lo, (float, np.floating)) and np.isnan(lo)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+def format_interval(mean: float, lo: float | None = None, hi: float | None = None, digits: int = 3, *,
+                    bounds: tuple[float, float] | None = None, signed: bool = False) -> str:
+    """The package's one interval formatter: ``mean ± half-width`` of an interval ``[lo, hi]`` (the
+    seeds' interval; the mean alone when ``lo`` is None or NaN), then `` [b_lo, b_hi]`` for ``bounds``
+    (the patients' interval; left out when undefined), with signs when ``signed`` (differences).
+
+    ``format_interval(0.5, 0.4, 0.6)`` is ``"0.500 ± 0.100"``, ``format_interval(0.5, bounds=(0.4, 0.6))``
+    is ``"0.500 [0.400, 0.600]"``, ``format_interval(0.5, 0.45, 0.55, bounds=(0.4, 0.6))`` both.
+    """
+    sign = "+" if signed else ""
+    out = f"{mean:{sign}.{digits}f}"
+    if lo is not None and not (isinstance(lo, (float, np.floating)) and np.isnan(lo)):
+        out += f" ± {(hi - lo) / 2:.{digits}f}"
+    if bounds is not None and (text := format_bounds(*bounds, digits, signed=signed)):
+        out += f" {text}"
+    return out
 
 
 def format_bounds(lo: float, hi: float, digits: int = 3, signed: bool = False) -> str:
-    """``[lo, hi]``, with signs when ``signed``; empty when the interval is undefined (NaN)."""
+    """``[lo, hi]`` alone, with signs when ``signed``; empty when the interval is undefined (NaN).
+    :func:`format_interval` writes it after a mean."""
     if np.isnan(lo) or np.isnan(hi):
         return ""
     fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
@@ -205,8 +217,7 @@ def verdict(c: Comparison, higher: str, lower: str, neither: str = "no differenc
 
 def claim(c: Comparison, higher: str, lower: str, neither: str = "no difference shown", digits: int = 3) -> str:
     """A verdict with its numbers: ``"fine-tuned higher: +0.080 [+0.050, +0.110], p<0.001"``."""
-    bounds = format_bounds(c.lo, c.hi, digits, signed=True)
-    return f"{verdict(c, higher, lower, neither)}: {c.diff:+.{digits}f}{' ' + bounds if bounds else ''}, {format_p(c.p)}"
+    return f"{verdict(c, higher, lower, neither)}: {format_interval(c.diff, digits=digits, bounds=(c.lo, c.hi), signed=True)}, {format_p(c.p)}"
 
 
 # ----------------------------------------------------------------------------- summary

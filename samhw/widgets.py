@@ -1,4 +1,4 @@
-"""Interactive explorers for the notebooks (ipywidgets 8, in JupyterLab and Colab).
+"""Interactive explorers for the notebooks (ipywidgets 8, in JupyterLab and Colab; samhw's ``notebook`` extra).
 
 * :class:`MarginExplorer`: a max-margin slider (-20..40) with seed and slice choosers; redraws the
   box, the predicted mask and its IoU.
@@ -10,7 +10,7 @@
 Each explorer keeps its controls as attributes, redraws whenever one changes, and records what
 it drew (``state``, ``renders``, ``last_update_s``, ``error``), so tests set values from Python
 and check what was redrawn. An update decodes from the slice's cached embedding (one decoder
-pass, through :class:`samhw.Predictor`) and draws one small figure: well under a second on a CPU.
+pass, through :class:`samhw.Predictor`) and draws one small figure.
 """
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ import io
 import time
 from typing import Sequence
 
-import ipywidgets as widgets
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from . import plots
+from .analysis import weight_map
 from .metrics import iou
+from .notebook import import_extra
 from .predictor import Predictor
 from .prompts import PromptSpec, Target
-from .workbook import weight_map
+
+widgets = import_extra("ipywidgets")
 
 __all__ = ["Explorer", "MarginExplorer", "WeightExplorer", "CompareExplorer", "figure_png"]
 

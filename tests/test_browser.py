@@ -60,9 +60,9 @@ def _free_port() -> int:
 
 
 DEMO = """\
-from samhw import widgets, workbook
-model, cache = workbook.live_model(device="cpu")
-explorer = widgets.MarginExplorer(model, cache, workbook.live_slices("test", 3), margin=0, slice_index=1)
+from samhw import notebook, widgets
+model, cache = notebook.live_model(device="cpu")
+explorer = widgets.MarginExplorer(model, cache, notebook.live_slices("test", 3), margin=0, slice_index=1)
 explorer"""
 
 
@@ -166,12 +166,12 @@ def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
 
 
 CLICK_DEMO = """\
-from samhw import workbook
+from samhw import notebook
 from samhw.click_widget import ClickSegmenter
 from samhw.models import load_model
-model, cache = workbook.live_model(device="cpu")
+model, cache = notebook.live_model(device="cpu")
 tuned = load_model("litemedsam-lgg", device="cpu")  # the shipped model: it follows points, the pretrained one barely
-item = workbook.live_slices("test", 3).slices[1]
+item = notebook.live_slices("test", 3).slices[1]
 segmenter = ClickSegmenter({"fine-tuned": (tuned, cache.get(item.image))}, item.image, item.mask)
 segmenter"""
 

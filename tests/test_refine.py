@@ -111,7 +111,7 @@ def test_tables_count_clicks_per_slice_and_average_over_patients():
 
 
 def test_refine_imports_neither_torch_nor_views():
-    code = ("import sys, samhw.refine; bad = [m for m in ('torch', 'samhw.plots', 'samhw.widgets', 'samhw.workbook',"
+    code = ("import sys, samhw.refine; bad = [m for m in ('torch', 'samhw.plots', 'samhw.widgets', 'samhw.notebook',"
             " 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 

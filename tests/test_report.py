@@ -66,11 +66,11 @@ def test_readme_encoder_alternatives_are_the_committed_run():
 
 
 def test_readme_thin_box_figures_are_the_committed_rows():
-    from samhw import workbook
+    from samhw import analysis
 
     section = (REPO / "README.md").read_text().split("**E1, shrunken boxes that end as a line**", 1)[1].split("\n* ", 1)[0]
     rows = pd.concat([pd.read_csv(d / "rows_test.csv").assign(model=d.name) for d in (RESULTS, FINETUNED)])
-    table = workbook.thin_boxes(rows).set_index(["model", "prompt"])
+    table = analysis.thin_boxes(rows).set_index(["model", "prompt"])
     pretrained, finetuned = table.loc["litemedsam"], table.loc["litemedsam-finetuned"]
     expected = [f"{100 * pretrained.loc['box:-20', 'share']:.1f}%", f"{100 * pretrained.loc['box:-10', 'share']:.1f}%",
                 f"IoU {pretrained.loc['box:-20', 'IoU, thin boxes']:.3f}", f"{finetuned.loc['box:-20', 'IoU, thin boxes']:.3f}",

@@ -115,6 +115,11 @@ def test_compare_to_value_uses_slices_for_the_mean_and_patients_for_the_test():
 def test_one_formatter_for_intervals():
     assert stats.format_interval(0.5, 0.4, 0.6) == "0.500 ± 0.100"
     assert stats.format_interval(0.5, np.nan, np.nan, digits=4) == "0.5000"
+    # the patients' bounds after the mean (and after the seeds' half-width), signed for differences
+    assert stats.format_interval(0.5, bounds=(0.25, 0.625)) == "0.500 [0.250, 0.625]"
+    assert stats.format_interval(0.5, 0.45, 0.55, bounds=(0.25, 0.625)) == "0.500 ± 0.050 [0.250, 0.625]"
+    assert stats.format_interval(-0.02, bounds=(-0.05, 0.0123), signed=True) == "-0.020 [-0.050, +0.012]"
+    assert stats.format_interval(0.02, bounds=(np.nan, np.nan), signed=True) == "+0.020"
     assert stats.format_bounds(-0.0123, 0.02, signed=True) == "[-0.012, +0.020]"
     assert stats.format_bounds(np.nan, np.nan) == ""
     assert stats.format_p(0.0004) == "p<0.001" and stats.format_p(0.0431) == "p=0.043"
