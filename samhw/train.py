@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__, onnx_encoder
 from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
+from .encoder_tail import TAIL, FeatureCache, tail_embedding_cache, tail_embeddings
 from .evaluate import evaluate
 from .fileio import atomic_write, atomic_write_text, storage_errors
 from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve_device, tensors_digest, verify_checkpoint
@@ -35,7 +36,7 @@ from .prompts import Prompt, PromptError, PromptSpec, Target, parse_prompts, pro
 from .resources import PeakMemory
 
 __all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt", "training_forward", "prompt_loss",
-           "parse_mix"]
+           "parse_mix", "batch_embeddings"]
 
 #: Prompts drawn in training, with their probabilities: boxes with the report's random margins
 #: (each side 0..M px outward, M = 20 as in the report, and M = 10 and 0 so that tight boxes are
@@ -59,8 +60,10 @@ TRAIN_MIX: dict[str, float] = {
 }
 #: Prompts of the validation score (seed 0); a checkpoint's score is their mean IoU.
 VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background_far")
-#: Trainable parts: option name -> submodule of :class:`SamModel`.
-PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder"}
+#: Trainable parts: option name -> submodule of :class:`SamModel`. ``neck`` (the image encoder's
+#: last module) trains from cached features of the frozen encoder before it (``samhw.encoder_tail``).
+PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder",
+         "neck": TAIL}
 
 
 class FinetuneError(ValueError):
@@ -177,15 +180,29 @@ def _learning_rate(config: FinetuneConfig, step: int, total: int) -> float:
 
 
 def _trainable(model: SamModel, config: FinetuneConfig) -> list[torch.nn.Parameter]:
-    wanted = {PARTS[p] for p in config.parts}
+    """The parameters of the parts trained, in the model's order; every other one frozen."""
+    prefixes = tuple(PARTS[p] + "." for p in config.parts)
     params = []
-    for name, module in (("image_encoder", model.image_encoder), ("prompt_encoder", model.prompt_encoder),
-                         ("mask_decoder", model.mask_decoder)):
-        for p in module.parameters():
-            p.requires_grad_(name in wanted)
-            if name in wanted:
-                params.append(p)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        if p.requires_grad:
+            params.append(p)
     return params
+
+
+def _trains_tail(config: FinetuneConfig) -> bool:
+    """Whether the neck trains from cached features (not when the whole encoder trains)."""
+    return "neck" in config.parts and "image_encoder" not in config.parts
+
+
+def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice]) -> torch.Tensor:
+    """The batch's (B, 256, 64, 64) embeddings: the trained image encoder's (under :meth:`SamModel.autocast`),
+    the trained neck's from the cached features (``cache`` a :class:`FeatureCache`), or the cached ones."""
+    if "image_encoder" in config.parts:
+        with model.autocast():
+            return model.image_encoder(model.preprocess([s.image for s in batch]))
+    cached = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+    return tail_embeddings(model, cached) if _trains_tail(config) else cached
 
 
 def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
@@ -213,11 +230,7 @@ def _batch_loss(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, 
     autocast against 138 ms in fp32 (results/bench/cuda-nvidia-h200.md), its small kernels being
     bound by their launches, which the casts only add to.
     """
-    if "image_encoder" in config.parts:
-        with model.autocast():
-            embeddings = model.image_encoder(model.preprocess([s.image for s in batch]))
-    else:
-        embeddings = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+    embeddings = batch_embeddings(model, config, cache, batch)
     totals, masks, ious = [], 0.0, 0.0
     for item, embedding in zip(batch, embeddings):
         spec, prompt = training_prompt(config, item, epoch)
@@ -304,7 +317,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     train_encoder = "image_encoder" in config.parts
     if train_encoder:  # embeddings change with the weights: validation encodes into a scratch cache
         model.onnx_dir = out / "scratch" / "onnx"
-    cache = EmbeddingCache(model, cache_dir)
+    train_tail = _trains_tail(config)  # the cache holds the features before the neck
+    cache = FeatureCache(model, cache_dir) if train_tail else EmbeddingCache(model, cache_dir)
     if not train_encoder:
         tqdm.write(f"{cache.ensure([s.image for s in train_set.slices + val_set.slices], progress=progress)} "
                    f"(cache: {cache.folder})", file=sys.stderr)
@@ -343,12 +357,17 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
                 bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", slices_s=f"{(i + 1) * config.batch_size / (time.time() - started):.1f}")
             model.eval()  # TinyViT recomputes its cached attention biases from the new weights
             train_s = time.time() - started
+            if train_encoder or train_tail:
+                model.weights_changed()  # a new encoder key: validation encodes afresh, or from the features
             if train_encoder:
-                model.weights_changed()  # a new encoder key: validation encodes afresh
                 val_cache = EmbeddingCache(model, out / "scratch")
+            elif train_tail:
+                val_cache = tail_embedding_cache(model, cache, [s.image for s in val_set.slices], out / "scratch")
             else:
                 val_cache = cache
             val = validate(model, val_cache, val_set, config.val_prompts)
+            if train_tail:
+                shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
             if train_encoder:
                 shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
                 onnx_encoder.remove(model.onnx_path)
