@@ -5,8 +5,7 @@ convolutions and two LayerNorms, 256 channels at 64x64) holds 7.3% of the encode
 (``benchmarks/encoder_flops.py``). Everything before it is frozen, so its output, the features
 (B, 320, 64, 64), is computed once per slice and cached (:class:`FeatureCache`); each training step
 runs only ``neck(features)`` -> embeddings (B, 256, 64, 64) -> decoder. The last stage
-(``layers[3]``, 29.5% of the arithmetic) is not trained this way: one step of batch 8 through its
-last block alone costs about three times the neck's on 2 cores.
+(``layers[3]``, 29.5% of the arithmetic, four times the neck's) is not trained this way.
 
 The features are a pure function of the encoder's weights before the neck, so the cache folder is
 keyed by their fingerprint (the neck's own weights are not part of it).
