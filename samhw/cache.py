@@ -77,7 +77,14 @@ class CacheStats:
 
 
 class EmbeddingCache:
-    """Disk cache of image embeddings for one model. ``storage`` is ``float16`` or ``float32``."""
+    """Disk cache of image embeddings for one model. ``storage`` is ``float16`` or ``float32``.
+
+    Subclasses cache other per-image arrays of the encoder (``samhw.encoder_tail``): they set
+    :attr:`shape` and override :meth:`folder_name` and :meth:`compute`.
+    """
+
+    #: Shape of one image's stored array.
+    shape: tuple[int, ...] = EMBEDDING_SHAPE
 
     def __init__(self, model: SamModel, root: str | os.PathLike | None = None, storage: str = "float16"):
         if storage not in ("float16", "float32"):
@@ -85,19 +92,27 @@ class EmbeddingCache:
         self.model = model
         self.storage = np.dtype(storage)
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
-        self.folder = self.root / f"{model.encoder_key}-{model.encoder_backend}-{storage}"
+        self.folder = self.root / self.folder_name()
         self.damaged = 0
         buffer = io.BytesIO()
-        np.save(buffer, np.zeros(EMBEDDING_SHAPE, self.storage))
+        np.save(buffer, np.zeros(self.shape, self.storage))
         self._array_size = buffer.tell()  # the earlier format: the array alone
         self.file_size = self._array_size + DIGEST_SIZE
+
+    def folder_name(self) -> str:
+        """The cache folder's name: what computes the arrays (encoder key, backend) and the storage dtype."""
+        return f"{self.model.encoder_key}-{self.model.encoder_backend}-{self.storage.name}"
+
+    def compute(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, *shape) arrays of (B, H, W, 3) uint8 slices: the model's embeddings."""
+        return self.model.encode(images)
 
     def path(self, image: np.ndarray) -> Path:
         key = image_key(image)
         return self.folder / key[:2] / f"{key}.npy"
 
     def load(self, image: np.ndarray) -> torch.Tensor | None:
-        """The cached (1, 256, 64, 64) float32 embedding of ``image``, or None if absent or damaged
+        """The cached (1, *shape) float32 array of ``image`` (an embedding (1, 256, 64, 64)), or None if absent or damaged
         (a damaged file is removed and counted in ``damaged``)."""
         path = self.path(image)
         try:
@@ -113,7 +128,7 @@ class EmbeddingCache:
             if len(data) != self.file_size or _digest(body) != digest:
                 raise ValueError("size or digest does not match")
             array = np.load(io.BytesIO(body), allow_pickle=False)
-            if array.shape != EMBEDDING_SHAPE or array.dtype != self.storage:
+            if array.shape != self.shape or array.dtype != self.storage:
                 raise ValueError(f"shape {array.shape} {array.dtype}")
         except (ValueError, OSError, EOFError):
             self.damaged += 1
@@ -123,11 +138,15 @@ class EmbeddingCache:
         return torch.from_numpy(array.astype(np.float32))[None]
 
     def _write(self, path: Path, embedding: np.ndarray) -> None:
-        """Write one (256, 64, 64) embedding to ``path`` (:meth:`path` of its image) atomically, with its digest."""
+        """Write one array of :attr:`shape` to ``path`` (:meth:`path` of its image) atomically, with its digest."""
         buffer = io.BytesIO()
-        np.save(buffer, embedding.astype(self.storage).reshape(EMBEDDING_SHAPE))
+        np.save(buffer, embedding.astype(self.storage).reshape(self.shape))
         body = buffer.getvalue()
         atomic_write(path, lambda handle: handle.write(body + _digest(body)))
+
+    def store(self, image: np.ndarray, array: np.ndarray) -> None:
+        """Store ``array`` (of :attr:`shape`) as ``image``'s, computed elsewhere (e.g. by a trained encoder tail)."""
+        self._write(self.path(image), array)
 
     def count(self) -> int:
         """How many embeddings this cache folder holds."""
@@ -158,7 +177,7 @@ class EmbeddingCache:
             pending: list = []
             for start in range(0, len(todo), batch_size):
                 paths, chunk = zip(*todo[start:start + batch_size])
-                embeddings = self.model.encode(chunk).cpu().numpy()
+                embeddings = self.compute(chunk).cpu().numpy()
                 for done in pending:
                     done.result()
                 pending = [writers.submit(self._write, path, embedding) for path, embedding in zip(paths, embeddings)]
@@ -169,7 +188,7 @@ class EmbeddingCache:
         return stats
 
     def get(self, image: np.ndarray) -> torch.Tensor:
-        """The (1, 256, 64, 64) embedding of ``image``, computed and stored if needed."""
+        """The (1, *shape) array of ``image`` (an embedding (1, 256, 64, 64)), computed and stored if needed."""
         embedding = self.load(image)
         if embedding is None:
             self.ensure([image], progress=False)

@@ -343,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="run folder (default runs/<model>-finetuned): last.pt, best.pt, log.json, curves.png")
     tune.add_argument("--epochs", type=_positive_int, help="epochs (default 12)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    tune.add_argument("--train", nargs="+", choices=["decoder", "prompt_encoder", "image_encoder"],
-                      help="parts to train (default decoder prompt_encoder; image_encoder is for a GPU)")
+    tune.add_argument("--train", nargs="+", choices=["decoder", "prompt_encoder", "image_encoder", "neck"],
+                      help="parts to train (default decoder prompt_encoder; image_encoder is for a GPU; neck, the "
+                           "encoder's last module, trains on a CPU from features cached once per slice)")
     tune.add_argument("--train-prompts", nargs="+", metavar="NAME[@WEIGHT]",
                       help="prompts drawn in training (default: samhw.train.TRAIN_MIX, boxes, single points and "
                            "points with a negative, see README 'Fine-tuning')")

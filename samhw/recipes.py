@@ -33,7 +33,8 @@ def _best(record: dict) -> dict:
 
 
 def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
-    """A Markdown table of the recipes in ``folder``: parts trained, epochs, negatives in the mix,
+    """A Markdown table of the recipes in ``folder``: parts trained, starting weights (the base model's,
+    or a checkpoint's such as a shipped model), epochs, negatives in the mix,
     the chosen epoch's validation mean, and the mean over the validation prompts all recipes share.
     ``kept`` names the recipe whose weights are shipped."""
     records = read_recipes(folder)
@@ -48,6 +49,7 @@ def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
         rows.append({
             "recipe": f"`{record['name']}`" + (" (shipped)" if record["name"] == kept else ""),
             "parts": ", ".join(options["parts"]),
+            "from": options.get("checkpoint") or "base",
             "epochs": options["epochs"],
             "device": best.get("device", ""),
             "negatives": ", ".join(negatives) or "none",

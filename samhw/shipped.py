@@ -75,6 +75,20 @@ def _test_scores(results: Path, fingerprints: dict[str, str]) -> dict:
             "iou_patient": {r["prompt"]: round(float(r["iou_patient"]), 4) for r in rows if r.get("iou_patient") is not None}}
 
 
+def _changed_parts(tensors: dict, base: dict) -> list[str]:
+    """The submodules ``tensors`` changed: ``mask_decoder`` etc. whole, or the image encoder's modules
+    (e.g. ``image_encoder.neck``) where only some of them changed."""
+    parts = []
+    for part in _SUBMODULES:
+        keys = [k for k in base if k.startswith(part + ".") and base[k].is_floating_point()]
+        changed = [k for k in keys if k in tensors]
+        if changed and (part != "image_encoder" or len(changed) == len(keys)):
+            parts.append(part)
+        elif changed:
+            parts += list(dict.fromkeys(".".join(k.split(".")[:2]) for k in changed))
+    return parts
+
+
 def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", results: str | os.PathLike | None = None,
            replace: bool = False, command: str | None = None, split_csv: str | os.PathLike = "data/split.csv") -> dict:
     """Write ``<name>.safetensors`` and ``<name>.json`` into :func:`weights_dir` from a samhw
@@ -108,7 +122,7 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
     if overflow:
         raise ModelError(f"{path}: {overflow[0]} is not finite in {dtype} (it overflows or was already); "
                          "export with --dtype fp32, or check the run")
-    parts = [p for p in _SUBMODULES if any(k.startswith(p + ".") for k in tensors)]
+    parts = _changed_parts(tensors, before)
     # one metadata entry: safetensors writes several in a random order, and the file must be reproducible
     data = save_safetensors(tensors, metadata={"samhw": json.dumps({"format": SHIPPED_FORMAT, "name": name, "model": arch})})
     if len(data) > MAX_BYTES:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__, onnx_encoder
 from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
+from .encoder_tail import TAIL, FeatureCache, tail_embedding_cache, tail_embeddings
 from .evaluate import evaluate
 from .fileio import atomic_write, atomic_write_text, storage_errors
 from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve_device, tensors_digest, verify_checkpoint
@@ -60,8 +61,10 @@ TRAIN_MIX: dict[str, float] = {
 }
 #: Prompts of the validation score (seed 0); a checkpoint's score is their mean IoU.
 VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background_far")
-#: Trainable parts: option name -> submodule of :class:`SamModel`.
-PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder"}
+#: Trainable parts: option name -> submodule of :class:`SamModel`. ``neck`` (the image encoder's
+#: last module) trains from cached features of the frozen encoder before it (``samhw.encoder_tail``).
+PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder",
+         "neck": TAIL}
 
 
 class FinetuneError(ValueError):
@@ -215,6 +218,11 @@ def _slice_by_slice(model: SamModel) -> bool:
     return model.plain or model.device.type == "cuda"
 
 
+def _trains_tail(config: FinetuneConfig) -> bool:
+    """Whether the neck trains from cached features (not when the whole encoder trains)."""
+    return "neck" in config.parts and "image_encoder" not in config.parts
+
+
 def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every mask of one prompt through SAM's decoder, differentiably: logits (K, H, W) on the slice
@@ -290,11 +298,13 @@ def train_step(model: SamModel, optimizer: torch.optim.Optimizer, embeddings: to
 def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache,
                      batch: Sequence[Slice]) -> torch.Tensor:
     """(B, 256, 64, 64) embeddings of the batch's slices on the model's device: from the image
-    encoder (under :meth:`SamModel.autocast`, differentiable) when it is trained, else from the cache."""
+    encoder (under :meth:`SamModel.autocast`, differentiable) when it is trained, from the trained neck
+    on the cached features (``cache`` a :class:`FeatureCache`) when the neck trains alone, else from the cache."""
     if "image_encoder" in config.parts:
         with model.autocast():
             return model.image_encoder(model.preprocess([s.image for s in batch]))
-    return torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+    cached = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
+    return tail_embeddings(model, cached) if _trains_tail(config) else cached
 
 
 def training_batch(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
@@ -379,7 +389,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     train_encoder = "image_encoder" in config.parts
     if train_encoder:  # embeddings change with the weights: validation encodes into a scratch cache
         model.onnx_dir = out / "scratch" / "onnx"
-    cache = EmbeddingCache(model, cache_dir)
+    train_tail = _trains_tail(config)  # the cache holds the features before the neck
+    cache = FeatureCache(model, cache_dir) if train_tail else EmbeddingCache(model, cache_dir)
     if not train_encoder:
         tqdm.write(f"{cache.ensure([s.image for s in train_set.slices + val_set.slices], progress=progress)} "
                    f"(cache: {cache.folder})", file=sys.stderr)
@@ -415,12 +426,17 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
                 bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", slices_s=f"{(i + 1) * config.batch_size / (time.time() - started):.1f}")
             model.eval()  # TinyViT recomputes its cached attention biases from the new weights
             train_s = time.time() - started
+            if train_encoder or train_tail:
+                model.weights_changed()  # a new encoder key: validation encodes afresh, or from the features
             if train_encoder:
-                model.weights_changed()  # a new encoder key: validation encodes afresh
                 val_cache = EmbeddingCache(model, out / "scratch")
+            elif train_tail:
+                val_cache = tail_embedding_cache(model, cache, [s.image for s in val_set.slices], out / "scratch")
             else:
                 val_cache = cache
             val = validate(model, val_cache, val_set, config.val_prompts)
+            if train_tail:
+                shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
             if train_encoder:
                 shutil.rmtree(out / "scratch" / val_cache.folder.name, ignore_errors=True)
                 onnx_encoder.remove(model.onnx_path)

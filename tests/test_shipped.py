@@ -163,3 +163,32 @@ def test_the_cli_exports_names_the_origin_and_fails_cleanly(checkpoint, weights,
     parser_err = main(["finetune", "--checkpoint", NAME, "--epochs", "1", "--lr", "-1"])
     err = capsys.readouterr().err
     assert parser_err == 2 and err.startswith(f"{NAME}: litemedsam with its prompt_encoder and mask_decoder fine-tuned")
+
+
+def test_a_checkpoint_with_a_trained_neck_ships_and_loads_with_its_neck(checkpoint, weights, tmp_path):
+    """The neck (``finetune --train neck ...``) ships beside the decoder; loaded by name, it gives the
+    model its own embedding cache key (the base's embeddings are not reused)."""
+    record = torch.load(checkpoint, weights_only=True)
+    rng = np.random.default_rng(16)
+    state = record["state_dict"]
+    for key in [k for k in state if k.startswith("image_encoder.neck.")]:
+        state[key] = state[key] + torch.from_numpy(rng.normal(0, 0.02 * float(state[key].std()) + 1e-3,
+                                                              state[key].shape).astype(np.float32))
+    record["options"]["parts"] = ["neck", "decoder", "prompt_encoder"]
+    path = tmp_path / "neck.pt"
+    torch.save(record, path)
+    side = shipped.export(path, NAME)
+    assert side["parts"] == ["image_encoder.neck", "prompt_encoder", "mask_decoder"]
+    tuned = load_model("litemedsam", path, device="cpu")
+    assert side["parameters"]["image_encoder.neck"] == sum(p.numel() for p in tuned.image_encoder.neck.parameters())
+    assert side["bytes"] <= shipped.MAX_BYTES
+    by_name = load_model(NAME, device="cpu")
+    base = load_model("litemedsam", device="cpu")
+    assert by_name.encoder_key != base.encoder_key
+    assert by_name.meta["origin"].startswith(f"{NAME}: litemedsam with its image_encoder.neck and prompt_encoder")
+    for key, value in tuned.state_dict().items():
+        shipped_value = by_name.state_dict()[key]
+        if key.startswith("image_encoder.") and not key.startswith("image_encoder.neck."):
+            assert torch.equal(shipped_value, base.state_dict()[key]), key
+        else:  # fp16 storage: each number within 2^-11 of itself
+            assert torch.all((shipped_value - value).abs() <= value.abs() * 2.0**-11 + 1e-7), key

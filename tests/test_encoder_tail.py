@@ -1,0 +1,106 @@
+"""The neck trained from cached features: same embeddings as the encoder, a step that moves only the
+neck, determinism, and a run whose validation and saved checkpoint use the trained neck."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from samhw import train
+from samhw.cache import EmbeddingCache
+from samhw.data import load_dataset
+from samhw.encoder_tail import FEATURE_SHAPE, TAIL, FeatureCache, encoder_features, tail_embeddings
+from samhw.models import load_model
+from samhw.train import FinetuneConfig, finetune, validate
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    """LiteMedSAM on the reference eager path (the encoder in torch, fp32)."""
+    return load_model("litemedsam", device="cpu", plain=True)
+
+
+@pytest.mark.slow
+def test_cached_features_through_the_neck_give_the_encoders_embeddings(plain_model, real_slices, tmp_path):
+    """Features are stored in fp16 (relative rounding 2^-11); through the neck (a 1x1 and a 3x3
+    convolution, each followed by a LayerNorm) the embedding moves by a small share of its spread."""
+    images = [s.image for s in real_slices.slices[:2]]
+    cache = FeatureCache(plain_model, tmp_path)
+    cache.ensure(images, progress=False)
+    stored = torch.cat([cache.get(image) for image in images])
+    exact = encoder_features(plain_model, images)
+    assert stored.shape == (2, *FEATURE_SHAPE)
+    assert torch.all((stored - exact).abs() <= exact.abs() * 2.0**-11 + 1e-7)  # fp16 rounding, nothing more
+    with torch.inference_mode():
+        from_tail = tail_embeddings(plain_model, stored)
+        full = plain_model.image_encoder(plain_model.preprocess(images))
+    error = (from_tail - full).abs()
+    assert float(error.max()) < 0.02 * float(full.std()), (float(error.max()), float(full.std()))
+    assert float(error.mean()) < 1e-3 * float(full.std())
+    # the folder is keyed by the weights before the neck: a new neck keeps it, a new layer before it does not
+    moved = load_model("litemedsam", device="cpu", plain=True)
+    with torch.no_grad():
+        moved.image_encoder.neck[0].weight.mul_(1.01)
+    moved.weights_changed()
+    assert FeatureCache(moved, tmp_path).folder == cache.folder
+    assert moved.encoder_key != plain_model.encoder_key  # embeddings (study, evaluate) are not reused
+    assert EmbeddingCache(moved, tmp_path).folder != EmbeddingCache(plain_model, tmp_path).folder
+    with torch.no_grad():
+        moved.image_encoder.layers[3].blocks[1].mlp.fc2.bias.add_(0.01)
+    assert FeatureCache(moved, tmp_path).folder != cache.folder
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _neck_step(slices, cache: FeatureCache) -> dict[str, torch.Tensor]:
+    """The weights after one training step of the neck alone (lr 1e-3, batch of ``slices``)."""
+    model = load_model("litemedsam", device="cpu", plain=True)
+    config = FinetuneConfig(parts=("neck",), lr=1e-3, warmup_steps=0)
+    params = train._trainable(model, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    loss, _, _ = train._batch_loss(model, config, cache, slices, 0)
+    loss.backward()
+    optimizer.step()
+    return _state(model)
+
+
+@pytest.mark.slow
+def test_a_neck_step_moves_the_neck_alone_and_is_deterministic(plain_model, real_slices, tmp_path):
+    slices = real_slices.slices[:2]
+    cache = FeatureCache(plain_model, tmp_path)
+    before = _state(plain_model)
+    after = _neck_step(slices, cache)
+    neck = [k for k in before if k.startswith(TAIL + ".")]
+    assert len(neck) == 6  # two convolutions' weights, two LayerNorms' weight and bias
+    assert all(not torch.equal(before[k], after[k]) for k in neck)
+    frozen = [k for k in before if not k.startswith(TAIL + ".")]
+    assert all(torch.equal(before[k], after[k]) for k in frozen), [k for k in frozen if not torch.equal(before[k], after[k])]
+    again = _neck_step(slices, cache)
+    assert all(torch.equal(after[k], again[k]) for k in after)
+    assert torch.equal(encoder_features(plain_model, [slices[0].image]), encoder_features(plain_model, [slices[0].image]))
+
+
+@pytest.mark.slow
+def test_a_neck_run_validates_and_saves_with_the_trained_neck(data_dir, tmp_path):
+    """A run's validation scores are those of its checkpoint evaluated through the whole encoder."""
+    config = FinetuneConfig(parts=("neck", "decoder"), epochs=1, batch_size=4, limit=4, val_limit=2, lr=2e-3,
+                            warmup_steps=0, val_prompts=("box:0", "center_gaussian"))
+    cache_dir = tmp_path / "cache"
+    finetune(config, tmp_path / "run", data=str(data_dir), device="cpu", cache_dir=str(cache_dir), progress=False)
+    logged = json.loads((tmp_path / "run" / "log.json").read_text())["epochs"][0]["val"]
+    assert not list((tmp_path / "run" / "scratch").glob("*/*/*.npy"))  # validation's embeddings removed
+    tuned = load_model("litemedsam", tmp_path / "run" / "best.pt", device="cpu", plain=True)
+    base = load_model("litemedsam", device="cpu", plain=True)
+    changed = {k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])}
+    assert changed and all(k.startswith((TAIL + ".", "mask_decoder.")) for k in changed)
+    assert any(k.startswith(TAIL + ".") for k in changed)
+    assert tuned.encoder_key != base.encoder_key
+    val_set = load_dataset(data_dir, "val", limit=2)
+    through_encoder = validate(tuned, EmbeddingCache(tuned, tmp_path / "fresh"), val_set, config.val_prompts)
+    assert through_encoder == pytest.approx(logged, abs=0.01)
+    base_embeddings = validate(tuned, EmbeddingCache(base, tmp_path / "fresh"), val_set, config.val_prompts)
+    assert max(abs(base_embeddings[p] - logged[p]) for p in logged) > 0.01  # the neck's change matters
+    assert np.isfinite(list(logged.values())).all()
