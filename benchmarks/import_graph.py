@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "samhw"
 #: not exist (yet) are ignored; modules in neither list (cli, study, bench, ...) may import anything.
 CORE = ("prompts", "metrics", "stats", "data", "models", "cache", "evaluate", "train", "refine", "predictor",
         "fast_decoder", "onnx_encoder", "resources", "fileio", "imageio", "backends", "errors", "shipped_reader",
-        "analysis")
+        "analysis", "encoder_tail")
 #: Modules that draw, write reports or drive notebooks.
 VIEWS = ("plots", "report", "widgets", "click_widget", "notebook", "architecture")
 #: Core modules that must not import torch (at module level or in a function).

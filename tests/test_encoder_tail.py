@@ -58,12 +58,10 @@ def _neck_step(slices, cache: FeatureCache) -> dict[str, torch.Tensor]:
     """The weights after one training step of the neck alone (lr 1e-3, batch of ``slices``)."""
     model = load_model("litemedsam", device="cpu", plain=True)
     config = FinetuneConfig(parts=("neck",), lr=1e-3, warmup_steps=0)
-    params = train._trainable(model, config)
+    params = train.trainable_parameters(model, config.parts)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model.train()
-    loss, _, _ = train._batch_loss(model, config, cache, slices, 0)
-    loss.backward()
-    optimizer.step()
+    train.train_step(model, optimizer, *train.training_batch(model, config, cache, slices, 0))
     return _state(model)
 
 
