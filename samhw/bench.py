@@ -28,7 +28,7 @@ from .cache import EmbeddingCache
 from .data import Dataset, load_dataset
 from .evaluate import evaluate, plan
 from .fileio import atomic_write_text, storage_errors
-from .models import SamModel, load_model, resolve_device
+from .models import SamModel, load_model, model_names, resolve_device
 from .prompts import Prompt, PromptSpec, Target, parse_prompts
 from .resources import PeakMemory, keep_freed_memory
 from .study import EXPERIMENTS
@@ -73,8 +73,8 @@ class BenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BenchError(f"{name} must be a whole number of at least 1, got {value!r}")
-        if not self.model:
-            raise BenchError("model must be named, e.g. litemedsam")
+        if self.model not in model_names():
+            raise BenchError(f"unknown model {self.model!r}; known: {', '.join(model_names())}")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # an unusable device fails here
 
     @property

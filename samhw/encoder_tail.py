@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .cache import EmbeddingCache
+from .errors import ModelError
 from .models import SamModel
 
-__all__ = ["TAIL", "FEATURE_SHAPE", "FeatureCache", "encoder_features", "tail_embeddings", "tail_embedding_cache"]
+__all__ = ["TAIL", "FEATURE_SHAPE", "FeatureCache", "check_tail", "encoder_features", "tail_embeddings", "tail_embedding_cache"]
 
 #: The encoder's trainable tail: the submodule of :class:`SamModel` trained from cached features.
 TAIL = "image_encoder.neck"
@@ -31,9 +32,10 @@ TAIL = "image_encoder.neck"
 FEATURE_SHAPE = (320, 64, 64)
 
 
-def _check(model: SamModel) -> None:
+def check_tail(model: SamModel) -> None:
+    """Refuse (:class:`ModelError`) a model whose encoder has no TinyViT neck to train from cached features."""
     if not hasattr(model.image_encoder, "neck") or not hasattr(model.image_encoder, "layers"):
-        raise ValueError(f"model {model.name}: training the neck from cached features needs LiteMedSAM's TinyViT "
+        raise ModelError(f"model {model.name}: training the neck from cached features needs LiteMedSAM's TinyViT "
                          "encoder; train image_encoder instead")
 
 
@@ -50,7 +52,7 @@ def frozen_fingerprint(model: SamModel) -> str:
 def encoder_features(model: SamModel, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """(B, H, W, 3) uint8 slices -> (B, 320, 64, 64) float32 features: the encoder up to its neck,
     in fp32 and without gradients (the encoder must be in eval mode, as for inference)."""
-    _check(model)
+    check_tail(model)
     encoder = model.image_encoder
     with torch.inference_mode(), model.fp32():
         x = encoder.patch_embed(model.preprocess(images))
@@ -77,7 +79,7 @@ class FeatureCache(EmbeddingCache):
     shape = FEATURE_SHAPE
 
     def __init__(self, model: SamModel, root: str | os.PathLike | None = None, storage: str = "float16"):
-        _check(model)
+        check_tail(model)
         super().__init__(model, root, storage)
 
     def folder_name(self) -> str:

@@ -38,7 +38,7 @@ from .fast_decoder import FastDecoder, ImageContext
 from .onnx_encoder import OnnxEncoder
 from .prompts import Prompt
 from .resources import keep_freed_memory
-from .shipped_reader import apply_shipped, resolve
+from .shipped_reader import apply_shipped, resolve, shipped_names
 
 __all__ = [
     "ModelError",
@@ -46,6 +46,7 @@ __all__ = [
     "SamModel",
     "build_model",
     "load_model",
+    "model_names",
     "read_checkpoint",
     "tensors_digest",
     "resolve_device",
@@ -479,6 +480,11 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: not a SAM state dict or samhw checkpoint")
     return obj, {}
+
+
+def model_names() -> list[str]:
+    """Every name :func:`load_model` takes: the registered architectures, then the shipped models."""
+    return [*MODELS, *shipped_names()]
 
 
 def load_model(name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,

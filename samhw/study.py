@@ -24,7 +24,7 @@ from .cache import EmbeddingCache
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_to_csv, format_summary, read_rows, run_config, summarize
 from .fileio import atomic_write_text
-from .models import SamModel, load_model
+from .models import SamModel, load_model, model_names
 from .predictor import Predictor
 from .prompts import PromptSpec, Target, parse_prompts
 from .resources import PeakMemory
@@ -207,8 +207,11 @@ class StudyConfig:
                 raise StudyError(f"{option} must be one or more of {', '.join(known)}, each once; got {list(values)}")
         for option in ("seeds", "limit", "batch_size", "workers"):
             value = getattr(self, option)
-            if (value is not None or option == "seeds") and (not isinstance(value, int) or value < 1):
+            if (value is not None or option == "seeds") and (isinstance(value, bool) or not isinstance(value, int)
+                                                             or value < 1):
                 raise StudyError(f"{option} must be a whole number of at least 1, got {value!r}")
+        if self.model not in model_names():
+            raise StudyError(f"unknown model {self.model!r}; known: {', '.join(model_names())}")
 
     @property
     def prompts(self) -> list[str]:

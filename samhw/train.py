@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__, onnx_encoder
 from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
-from .encoder_tail import TAIL, FeatureCache, tail_embedding_cache, tail_embeddings
+from .encoder_tail import TAIL, FeatureCache, check_tail, tail_embedding_cache, tail_embeddings
 from .evaluate import evaluate
 from .fileio import atomic_write, atomic_write_text, storage_errors
 from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve_device, tensors_digest, verify_checkpoint
@@ -379,6 +379,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     with storage_errors(out / "last.pt"):
         out.mkdir(parents=True, exist_ok=True)
     model = load_model(config.model, config.checkpoint, device, cache_dir=cache_dir)
+    if _trains_tail(config):
+        check_tail(model)  # before any data is read
     base = model.fingerprint()
     train_set = load_dataset(data, "train", skip_bad=skip_bad, limit=config.limit)
     val_set = load_dataset(data, "val", skip_bad=skip_bad, limit=config.val_limit)

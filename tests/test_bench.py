@@ -29,7 +29,8 @@ def test_bench_config_is_validated_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.slices = 4
     for bad, match in (({"split": "validation"}, "split"), ({"slices": 0}, "slices"), ({"seeds": -1}, "seeds"),
-                       ({"repeat": 2.5}, "repeat"), ({"repeat": True}, "repeat"), ({"model": ""}, "model")):
+                       ({"repeat": 2.5}, "repeat"), ({"repeat": True}, "repeat"), ({"model": ""}, "unknown model"),
+                       ({"model": "litemedsam-lgh"}, "known: litemedsam, .*litemedsam-lgg")):
         with pytest.raises(BenchError, match=match):
             BenchConfig(device="cpu", **bad)
     with pytest.raises(ModelError, match="--device gpu"):

@@ -102,3 +102,12 @@ def test_a_neck_run_validates_and_saves_with_the_trained_neck(data_dir, tmp_path
     base_embeddings = validate(tuned, EmbeddingCache(base, tmp_path / "fresh"), val_set, config.val_prompts)
     assert max(abs(base_embeddings[p] - logged[p]) for p in logged) > 0.01  # the neck's change matters
     assert np.isfinite(list(logged.values())).all()
+
+
+def test_only_a_tinyvit_encoder_has_a_neck_to_train_from_features():
+    from samhw.encoder_tail import check_tail
+    from samhw.models import ModelError, build_model
+
+    check_tail(build_model("litemedsam"))  # LiteMedSAM: the neck follows TinyViT's stages
+    with pytest.raises(ModelError, match="train image_encoder instead"):
+        check_tail(build_model("vit_b"))

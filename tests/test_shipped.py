@@ -57,7 +57,7 @@ def test_export_writes_the_trained_parts_and_a_sidecar_that_describes_them(check
     record = shipped.export(checkpoint, NAME, results=results)
     data = (weights / f"{NAME}.safetensors").read_bytes()
     side = json.loads((weights / f"{NAME}.json").read_text())
-    assert side == record and side["sha256"] == shipped._sha256(data) and side["bytes"] == len(data)
+    assert side == record and side["sha256"] == shipped.sha256_hex(data) and side["bytes"] == len(data)
     assert side["parts"] == ["prompt_encoder", "mask_decoder"]  # the image encoder comes from the base
     assert side["parameters"]["mask_decoder"] == sum(p.numel() for p in tuned.mask_decoder.parameters())
     assert side["parameters"]["prompt_encoder"] == tuned.prompt_encoder.point_embeddings[0].weight.numel() * 4

@@ -27,6 +27,8 @@ def test_a_config_keeps_its_options_as_given(tmp_path):
     ({"limit": 0}, "limit must be"),
     ({"batch_size": -1}, "batch_size must be"),
     ({"workers": 1.5}, "workers must be"),
+    ({"seeds": True}, "seeds must be a whole number"),
+    ({"model": "vit_q"}, "unknown model 'vit_q'; known: litemedsam, vit_b"),
 ])
 def test_a_config_that_cannot_run_is_refused(tmp_path, options, message):
     with pytest.raises(StudyError, match=message):
