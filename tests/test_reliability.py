@@ -15,10 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: Seconds a stopped run may take to end (generous: the test machine may be loaded).
 DEADLINE_S = 30
+#: Slices of each run: enough that, on an idle machine too, most are still to do when the first is written
+#: (rows come in slice order, so the first row can arrive late; with 8 a quiet 2-core machine once
+#: finished the run before the signal reached it).
+SLICES = 24
 
 
 def _command(out: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "samhw", "evaluate", "--split", "test", "--limit", "8", "--seeds", "1",
+    return [sys.executable, "-m", "samhw", "evaluate", "--split", "test", "--limit", str(SLICES), "--seeds", "1",
             "--prompts", "box:0", "--quiet", "--workers", "2", "--cache", str(cache), "--out", str(out)]
 
 
