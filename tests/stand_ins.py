@@ -9,14 +9,11 @@ import torch
 from samhw.data import Slice, SliceRecord
 
 
-class FakeModel:
-    """Predicts the box's pixels (or a disc of radius 8 around the last point); counts calls."""
+class StandInDecoder:
+    """The decoding interface a Predictor needs, on the CPU: subclasses define ``predict``
+    (embedding, prompts, shape, multimask) -> (masks (N, H, W) bool, scores (N,)) in numpy."""
 
     device = torch.device("cpu")
-
-    def __init__(self, fail: bool = False):
-        self.calls = 0
-        self.fail = fail
 
     def image_context(self, embedding, plain=None):
         return embedding
@@ -24,6 +21,14 @@ class FakeModel:
     def predict_masks(self, context, prompts, shape, multimask, plain=None):
         masks, scores = self.predict(context, prompts, shape, multimask)
         return torch.from_numpy(masks), torch.from_numpy(scores)
+
+
+class FakeModel(StandInDecoder):
+    """Predicts the box's pixels (or a disc of radius 8 around the last point); counts calls."""
+
+    def __init__(self, fail: bool = False):
+        self.calls = 0
+        self.fail = fail
 
     def predict(self, embedding, prompts, shape, multimask):
         self.calls += 1
