@@ -123,13 +123,18 @@ def _run_all_cells(browser, url: str, token: str, name: str):
     return page
 
 
+def _chromium(playwright_api, tmp_path, height: int):
+    """Debian's Chromium, headless, with a profile in ``tmp_path`` and a 1400 px wide window."""
+    return playwright_api.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1400, "height": height})
+
+
 def test_moving_the_margin_slider_in_chromium_redraws_box_mask_and_iou(lab):
     playwright = _playwright()
     url, token, tmp_path = lab
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
+        browser = _chromium(p, tmp_path, height=1000)
         try:
             page = _run_all_cells(browser, url, token, "demo.ipynb")
             status = page.locator(".samhw-status")
@@ -190,9 +195,7 @@ def test_clicking_the_picture_in_chromium_segments_and_a_negative_click_shrinks(
     item = load_dataset(data_dir, "test", limit=3).slices[1]
     ys, xs = np.nonzero(item.mask)
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1200})
+        browser = _chromium(p, tmp_path, height=1200)
         try:
             page = _run_all_cells(browser, url, token, "click.ipynb")
             image = page.locator("img.samhw-click-image")
