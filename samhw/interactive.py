@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache
 from .data import DataError, Slice, load_dataset
+from .fileio import atomic_write_text
 from .metrics import scores_from_counts
 from .models import SamModel, load_model, single_thread
 from .predictor import Predictor
@@ -229,7 +230,7 @@ def run_e5(out: str | os.PathLike, data: str | None = None, splits: Sequence[str
                   "patients": len(dataset.patients), "limit": limit, "starts": [s.name for s in specs],
                   "seeds": seed_list, "mask_input": [bool(v) for v in variants], "max_clicks": max_clicks,
                   "workers": workers, "elapsed_s": round(time.time() - started, 1)}
-        (out / f"e5_rows_{split}.json").write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(out / f"e5_rows_{split}.json", json.dumps(record, indent=1) + "\n")
     return summarize_e5(out, compare, max_clicks)
 
 
@@ -248,7 +249,7 @@ def summarize_e5(out: str | os.PathLike, compare: str | os.PathLike | None = Non
     curve, noc = curve_table(rows), noc_table(rows, max_clicks)
     curve.to_csv(out / "e5_curve.csv", index=False, float_format="%.6f")
     noc.to_csv(out / "e5_noc.csv", index=False, float_format="%.6f")
-    (out / "e5_tables.md").write_text(format_tables(curve, noc))
+    atomic_write_text(out / "e5_tables.md", format_tables(curve, noc))
     label = out.resolve().name
     plots.save(plots.refinement_curves({label: curve}), out / "fig_e5_clicks.png")
     if compare is not None:
