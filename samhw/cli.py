@@ -195,7 +195,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         epochs=args.epochs or defaults.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
         val_limit=args.val_limit, mix=parse_mix(args.train_prompts) if args.train_prompts else tuple(TRAIN_MIX.items()),
-        val_prompts=tuple(args.val_prompts or VAL_PROMPTS))
+        val_prompts=tuple(args.val_prompts or VAL_PROMPTS), augment=tuple(args.augment or ()), mask_loss=args.loss)
     out = args.out or f"runs/{args.model}-finetuned"
     best = finetune(config, out, data=args.data, device=args.device, cache_dir=args.cache, resume=args.resume,
                     skip_bad=args.skip_bad, progress=not args.quiet, command="python -m samhw " + " ".join(args.argv),
@@ -350,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prompts drawn in training (default: samhw.train.TRAIN_MIX, boxes, single points and "
                            "points with a negative, see README 'Fine-tuning')")
     tune.add_argument("--val-prompts", nargs="+", help="prompts of the validation score (default: samhw.train.VAL_PROMPTS)")
+    tune.add_argument("--augment", nargs="+", choices=["flip", "gamma"],
+                      help="augment training slices, each with probability 1/2: flip left-right, or one gamma "
+                           "(contrast) per slice; every variant is encoded once into the cache (default none)")
+    tune.add_argument("--loss", default="dice_bce", choices=["dice_bce", "focal_dice"],
+                      help="mask loss: Dice + BCE (default) or SAM's 20 x focal + Dice")
     tune.add_argument("--batch-size", type=_positive_int, default=8)
     tune.add_argument("--lr", type=float, default=1e-4)
     tune.add_argument("--weight-decay", type=float, default=0.01)

@@ -34,7 +34,8 @@ def _best(record: dict) -> dict:
 
 def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
     """A Markdown table of the recipes in ``folder``: parts trained, starting weights (the base model's,
-    or a checkpoint's such as a shipped model), epochs, negatives in the mix,
+    or a checkpoint's such as a shipped model), epochs, learning rate, mask loss, augmentations, the
+    share of boxes in the prompt mix, negatives in the mix,
     the chosen epoch's validation mean, and the mean over the validation prompts all recipes share.
     ``kept`` names the recipe whose weights are shipped."""
     records = read_recipes(folder)
@@ -46,11 +47,16 @@ def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
         best, options = _best(record), record["options"]
         negatives = sorted({part for name, weight in options["mix"] if weight > 0
                             for part in name.split("+") if part.startswith("background")})
+        boxes = sum(w for name, w in options["mix"] if name.startswith("box:")) / sum(w for _, w in options["mix"])
         rows.append({
             "recipe": f"`{record['name']}`" + (" (shipped)" if record["name"] == kept else ""),
             "parts": ", ".join(options["parts"]),
             "from": options.get("checkpoint") or "base",
             "epochs": options["epochs"],
+            "lr": f"{options.get('lr', 1e-4):g}",
+            "loss": options.get("mask_loss", "dice_bce"),
+            "augment": ", ".join(options.get("augment", ())) or "none",
+            "boxes in mix": f"{boxes:.0%}",
             "device": best.get("device", ""),
             "negatives": ", ".join(negatives) or "none",
             "chosen epoch": best["epoch"],

@@ -35,7 +35,8 @@ from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve
 from .prompts import Prompt, PromptError, PromptSpec, Target, parse_prompts, prompt_rng
 from .resources import PeakMemory
 
-__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "finetune", "training_prompt",
+__all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "AUGMENTATIONS", "MASK_LOSSES",
+           "finetune", "training_prompt", "augmented", "augment_variants",
            "training_batch", "batch_embeddings", "batch_loss", "train_step", "trainable_parameters", "adamw", "training_forward",
            "prompt_loss", "prompt_losses", "parse_mix"]
 
@@ -65,6 +66,14 @@ VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_
 #: last module) trains from cached features of the frozen encoder before it (``samhw.encoder_tail``).
 PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder",
          "neck": TAIL}
+#: Augmentations of a training slice, each applied with probability 1/2 per slice and epoch: ``flip``
+#: mirrors image and mask left-right; ``gamma`` changes the contrast by one gamma per slice, drawn once
+#: as exp(+-U(0.15, 0.4)) (0.67-0.86 or 1.16-1.49), so that each slice has a bounded number of variants
+#: to encode and cache.
+AUGMENTATIONS = ("flip", "gamma")
+#: Mask losses: ``dice_bce`` (Dice + binary cross-entropy, the default) or ``focal_dice`` (SAM's own:
+#: 20 x sigmoid focal loss (alpha 0.25, gamma 2) + Dice).
+MASK_LOSSES = ("dice_bce", "focal_dice")
 
 
 class FinetuneError(ValueError):
@@ -89,11 +98,18 @@ class FinetuneConfig:
     seed: int = 0
     limit: int | None = None
     val_limit: int | None = None
+    augment: tuple[str, ...] = ()
+    mask_loss: str = "dice_bce"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
             raise FinetuneError(f"parts to train must be among {', '.join(PARTS)}, got {list(self.parts)}")
+        if set(self.augment) - set(AUGMENTATIONS) or len(set(self.augment)) != len(self.augment):
+            raise FinetuneError(f"augmentations must be distinct names among {', '.join(AUGMENTATIONS)}, "
+                                f"got {list(self.augment)}")
+        if self.mask_loss not in MASK_LOSSES:
+            raise FinetuneError(f"mask loss must be one of {', '.join(MASK_LOSSES)}, got {self.mask_loss!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.warmup_steps < 0 or self.seed < 0:
             raise FinetuneError("epochs and batch size must be at least 1, warmup and seed not negative")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -115,6 +131,7 @@ class FinetuneConfig:
         values["parts"] = tuple(values["parts"])
         values["mix"] = tuple((str(n), float(w)) for n, w in values["mix"])
         values["val_prompts"] = tuple(values["val_prompts"])
+        values["augment"] = tuple(values.get("augment", ()))
         return cls(**values)
 
 
@@ -134,6 +151,40 @@ def parse_mix(items: Sequence[str]) -> tuple[tuple[str, float], ...]:
 # ----------------------------------------------------------------------------- prompts and loss
 
 
+def _gamma_variant(config: FinetuneConfig, item: Slice) -> np.ndarray:
+    """``item``'s image under its one gamma (a function of the seed and the slice)."""
+    rng = prompt_rng(config.seed, item.slice_id, "finetune-gamma")
+    gamma = math.exp(rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.4))
+    return np.round(255.0 * (item.image / 255.0) ** gamma).astype(np.uint8)
+
+
+def _variant(config: FinetuneConfig, item: Slice, chosen: Sequence[str]) -> Slice:
+    image, mask = item.image, item.mask
+    if "gamma" in chosen:
+        image = _gamma_variant(config, item)
+    if "flip" in chosen:
+        image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+    return Slice(item.record, image, mask)
+
+
+def augmented(config: FinetuneConfig, item: Slice, epoch: int) -> Slice:
+    """``item`` as trained in ``epoch``: each of ``config.augment`` applied with probability 1/2,
+    drawn from a generator of (seed, epoch, slice); the slice itself without augmentations."""
+    if not config.augment:
+        return item
+    rng = prompt_rng(config.seed, item.slice_id, f"finetune-augment-{epoch}")
+    draws = rng.random(len(AUGMENTATIONS)) < 0.5  # one draw per known augmentation: adding one keeps the others'
+    return _variant(config, item, [name for name, drawn in zip(AUGMENTATIONS, draws) if drawn and name in config.augment])
+
+
+def augment_variants(config: FinetuneConfig, item: Slice) -> list[np.ndarray]:
+    """Every image :func:`augmented` can give for ``item`` (the slice's own first): what the cache must hold."""
+    subsets: list[list[str]] = [[]]
+    for name in config.augment:
+        subsets += [subset + [name] for subset in subsets]
+    return [_variant(config, item, subset).image for subset in subsets]
+
+
 def training_prompt(config: FinetuneConfig, item: Slice, epoch: int) -> tuple[PromptSpec, object]:
     """The prompt of ``item`` in ``epoch``: a spec drawn from the mix, then drawn on the slice,
     both from generators of (seed, epoch, slice)."""
@@ -146,37 +197,45 @@ def training_prompt(config: FinetuneConfig, item: Slice, epoch: int) -> tuple[Pr
 
 
 def prompt_losses(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
-                  iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  iou_loss_weight: float, mask_loss: str = "dice_bce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, mask, IoU-head) loss of each of B prompts, each (B,).
 
     ``logits`` (B, K, H, W) and ``predicted_iou`` (B, K) for K masks per prompt, ``truth`` (B, H, W)
-    in {0, 1}. The mask loss is Dice + BCE, of the best-fitting mask when ``multimask`` (SAM's rule
-    for ambiguous prompts) else of mask 0; the IoU head learns every mask's actual IoU (mean
-    squared error over the K masks).
+    in {0, 1}. The mask loss (``mask_loss``, one of :data:`MASK_LOSSES`) is Dice + BCE, or 20 x focal
+    + Dice, of the best-fitting mask when ``multimask`` (SAM's rule for ambiguous prompts) else of
+    mask 0; the IoU head learns every mask's actual IoU (mean squared error over the K masks).
     """
     logits = logits.float()
     flat = logits.flatten(2)
     target = truth.flatten(1).float()[:, None].expand_as(flat)  # a view: no copy per mask
     probs = flat.sigmoid()
     dice = 1 - (2 * (probs * target).sum(2) + 1) / (probs.sum(2) + target.sum(2) + 1)
-    bce = F.binary_cross_entropy_with_logits(flat, target, reduction="none").mean(2)
-    per_mask = dice + bce  # (B, K)
-    mask_loss = per_mask.min(1).values if multimask else per_mask[:, 0]
+    bce = F.binary_cross_entropy_with_logits(flat, target, reduction="none")
+    if mask_loss == "focal_dice":  # sigmoid focal loss as in SAM and torchvision.ops.sigmoid_focal_loss
+        p_true = probs * target + (1 - probs) * (1 - target)
+        alpha = 0.25 * target + 0.75 * (1 - target)
+        per_mask = dice + 20 * (alpha * (1 - p_true) ** 2 * bce).mean(2)  # (B, K)
+    elif mask_loss == "dice_bce":
+        per_mask = dice + bce.mean(2)
+    else:
+        raise FinetuneError(f"mask loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
+    chosen = per_mask.min(1).values if multimask else per_mask[:, 0]
     with torch.no_grad():
         hard, positive = flat > 0, target > 0
         inter = (hard & positive).sum(2).float()
         union = (hard | positive).sum(2).float()
         actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     iou_loss = (predicted_iou.float() - actual).square().mean(1)
-    return mask_loss + iou_loss_weight * iou_loss, mask_loss.detach(), iou_loss.detach()
+    return chosen + iou_loss_weight * iou_loss, chosen.detach(), iou_loss.detach()
 
 
 def prompt_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, truth: torch.Tensor, multimask: bool,
-                iou_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                iou_loss_weight: float, mask_loss: str = "dice_bce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, mask, IoU-head) loss of one prompt: :func:`prompt_losses` of ``logits`` (K, H, W),
     ``predicted_iou`` (K,) and ``truth`` (H, W)."""
-    total, mask_loss, iou_loss = prompt_losses(logits[None], predicted_iou[None], truth[None], multimask, iou_loss_weight)
-    return total[0], mask_loss[0], iou_loss[0]
+    total, masks, iou_loss = prompt_losses(logits[None], predicted_iou[None], truth[None], multimask, iou_loss_weight,
+                                           mask_loss)
+    return total[0], masks[0], iou_loss[0]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -244,7 +303,7 @@ def _groups(prompts: Sequence[tuple[PromptSpec, Prompt]], shapes: Sequence[tuple
 
 
 def _grouped_losses(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
-                    truths: Sequence[torch.Tensor], iou_loss_weight: float) -> torch.Tensor:
+                    truths: Sequence[torch.Tensor], iou_loss_weight: float, mask_loss: str) -> torch.Tensor:
     """(3, B) total, mask and IoU-head loss of each prompt, the fast decoder run once per group of
     :func:`_groups` over that group's images (one prompt each)."""
     fast = model.fast_decoder
@@ -258,12 +317,13 @@ def _grouped_losses(model: SamModel, embeddings: torch.Tensor, prompts: Sequence
         low, scores = fast.decode_all(ctx, points, boxes, spec.multimask)
         truth = torch.stack([truths[i] for i in group])
         out[:, index] = torch.stack(prompt_losses(model.postprocess(low, shape), scores, truth, spec.multimask,
-                                                  iou_loss_weight))
+                                                  iou_loss_weight, mask_loss))
     return out
 
 
 def batch_loss(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tuple[PromptSpec, Prompt]],
-               truths: Sequence[torch.Tensor], iou_loss_weight: float = 1.0) -> tuple[torch.Tensor, float, float]:
+               truths: Sequence[torch.Tensor], iou_loss_weight: float = 1.0,
+               mask_loss: str = "dice_bce") -> tuple[torch.Tensor, float, float]:
     """Mean loss of B prompts, prompt ``b`` on embedding ``b``: (total, differentiable; mask loss; IoU-head loss).
 
     ``embeddings`` (B, C, h, w); ``prompts`` B (spec, prompt) pairs as :func:`training_prompt` draws
@@ -275,24 +335,24 @@ def batch_loss(model: SamModel, embeddings: torch.Tensor, prompts: Sequence[tupl
     with model.fp32():
         if _slice_by_slice(model):
             rows = [torch.stack(prompt_loss(*training_forward(model, embedding, prompt, tuple(truth.shape), spec.multimask),
-                                            truth, spec.multimask, iou_loss_weight))
+                                            truth, spec.multimask, iou_loss_weight, mask_loss))
                     for embedding, (spec, prompt), truth in zip(embeddings, prompts, truths)]
             losses = torch.stack(rows, dim=1)
         else:
-            losses = _grouped_losses(model, embeddings, prompts, truths, iou_loss_weight)
-    mask_loss, iou_loss = losses[1:].detach().mean(1).tolist()
-    return losses[0].mean(), mask_loss, iou_loss
+            losses = _grouped_losses(model, embeddings, prompts, truths, iou_loss_weight, mask_loss)
+    mask_mean, iou_mean = losses[1:].detach().mean(1).tolist()
+    return losses[0].mean(), mask_mean, iou_mean
 
 
 def train_step(model: SamModel, optimizer: torch.optim.Optimizer, embeddings: torch.Tensor,
                prompts: Sequence[tuple[PromptSpec, Prompt]], truths: Sequence[torch.Tensor],
-               iou_loss_weight: float = 1.0) -> tuple[float, float, float]:
+               iou_loss_weight: float = 1.0, mask_loss: str = "dice_bce") -> tuple[float, float, float]:
     """One optimizer step on :func:`batch_loss`; returns its (total, mask, IoU-head) losses."""
     optimizer.zero_grad(set_to_none=True)
-    loss, mask_loss, iou_loss = batch_loss(model, embeddings, prompts, truths, iou_loss_weight)
+    loss, mask_mean, iou_mean = batch_loss(model, embeddings, prompts, truths, iou_loss_weight, mask_loss)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), mask_loss, iou_loss
+    return float(loss.detach()), mask_mean, iou_mean
 
 
 def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache,
@@ -309,7 +369,9 @@ def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCa
 
 def training_batch(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
                    epoch: int) -> tuple[torch.Tensor, list[tuple[PromptSpec, Prompt]], list[torch.Tensor]]:
-    """What :func:`train_step` needs for ``batch`` in ``epoch``: embeddings, drawn prompts, masks."""
+    """What :func:`train_step` needs for ``batch`` in ``epoch``: embeddings, drawn prompts and masks of
+    the slices as :func:`augmented` gives them."""
+    batch = [augmented(config, item, epoch) for item in batch]
     prompts = [training_prompt(config, item, epoch) for item in batch]
     truths = [torch.from_numpy(item.mask).to(model.device) for item in batch]
     return batch_embeddings(model, config, cache, batch), prompts, truths
@@ -394,7 +456,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     train_tail = _trains_tail(config)  # the cache holds the features before the neck
     cache = FeatureCache(model, cache_dir) if train_tail else EmbeddingCache(model, cache_dir)
     if not train_encoder:
-        tqdm.write(f"{cache.ensure([s.image for s in train_set.slices + val_set.slices], progress=progress)} "
+        images = [image for s in train_set.slices for image in augment_variants(config, s)]
+        tqdm.write(f"{cache.ensure(images + [s.image for s in val_set.slices], progress=progress)} "
                    f"(cache: {cache.folder})", file=sys.stderr)
     params = trainable_parameters(model, config.parts)
     optimizer = adamw(params, model.device, config.lr, config.weight_decay)
@@ -424,7 +487,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 sums += train_step(model, optimizer, *training_batch(model, config, cache, batch, epoch),
-                                   iou_loss_weight=config.iou_loss_weight)
+                                   iou_loss_weight=config.iou_loss_weight, mask_loss=config.mask_loss)
                 bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", slices_s=f"{(i + 1) * config.batch_size / (time.time() - started):.1f}")
             model.eval()  # TinyViT recomputes its cached attention biases from the new weights
             train_s = time.time() - started

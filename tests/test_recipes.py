@@ -21,13 +21,17 @@ def test_recipes_compare_on_the_shared_prompts_at_the_chosen_epoch(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(record(
         ["decoder", "image_encoder"], [{"box:0": 0.9, "p+background_far": 0.5}, {"box:0": 0.6, "p+background_far": 0.8}],
         1, [["box:0", 1.0], ["p+background", 0.2], ["p+background_far", 0.0]], start="litemedsam-lgg")))
+    options = json.loads((tmp_path / "b.json").read_text())
+    options["options"].update(lr=3e-4, mask_loss="focal_dice", augment=["flip", "gamma"])
+    (tmp_path / "b.json").write_text(json.dumps(options))
     table = recipes_markdown(tmp_path, kept="b").splitlines()
     assert table[0].endswith("| val mean (own prompts) | val mean (box:0) |")
     # a: epoch 2 chosen, mean 0.5, box:0 0.7; b: epoch 1 chosen (not its highest-mean epoch 2), 0.7 and 0.9;
-    # a mix weight of 0 is not in the mix; b started from a shipped model's weights
-    assert table[2] == "| `a` | decoder | base | 2 | cpu | background | 2 | 0.500 | 0.700 |"
-    assert table[3] == ("| `b` (shipped) | decoder, image_encoder | litemedsam-lgg | 2 | cpu | background | 1 | 0.700 "
-                        "| 0.900 |")
+    # a mix weight of 0 is not in the mix; b started from a shipped model's weights; a record without
+    # lr, loss or augmentations (written before those options) has the defaults
+    assert table[2] == "| `a` | decoder | base | 2 | 0.0001 | dice_bce | none | 67% | cpu | background | 2 | 0.500 | 0.700 |"
+    assert table[3] == ("| `b` (shipped) | decoder, image_encoder | litemedsam-lgg | 2 | 0.0003 | focal_dice | flip, gamma "
+                        "| 83% | cpu | background | 1 | 0.700 | 0.900 |")
 
 
 def test_a_file_that_is_no_training_record_is_named(tmp_path):

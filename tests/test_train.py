@@ -308,3 +308,61 @@ def test_finetune_s_adamw_takes_torch_s_default_step():
         steps.append([p.detach() for p in params])
     for a, b, w in zip(*steps, weights):
         assert not torch.equal(a, w) and torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_augmentations_flip_image_and_mask_together_and_are_drawn_per_epoch():
+    item = _slice()
+    assert train.augmented(FinetuneConfig(), item, 0) is item  # no augmentation: the slice itself
+    config = FinetuneConfig(augment=("flip",))
+    seen = [train.augmented(config, item, epoch) for epoch in range(16)]
+    flipped = [np.array_equal(s.mask, item.mask[:, ::-1]) for s in seen]
+    assert 2 <= sum(flipped) <= 14  # about half the epochs
+    for s, was_flipped in zip(seen, flipped):
+        assert was_flipped or np.array_equal(s.mask, item.mask)
+        assert np.array_equal(s.image, item.image[:, ::-1] if was_flipped else item.image)  # image follows mask
+        assert s.mask[5:12, 4:18].all() if was_flipped else s.mask[5:12, 30:44].all()  # columns mirror, rows stay
+    again = [train.augmented(config, item, epoch) for epoch in reversed(range(16))][::-1]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(seen, again))  # a pure function of (seed, epoch, slice)
+    # the prompt is drawn on the slice as trained: a point inside the mirrored mask
+    point_config = FinetuneConfig(augment=("flip",), mix=parse_mix(["center_mask"]))
+    epoch = flipped.index(True)
+    spec, prompt = training_prompt(point_config, train.augmented(point_config, item, epoch), epoch)
+    x, y = prompt.points[0]
+    assert 4 <= x <= 17 and 5 <= y <= 11
+
+
+def test_gamma_is_one_variant_per_slice_and_the_cache_holds_every_variant():
+    item = _slice()
+    config = FinetuneConfig(augment=("gamma", "flip"))
+    variants = train.augment_variants(config, item)
+    assert len(variants) == 4 and variants[0] is item.image
+    assert len({v.tobytes() for v in variants}) == 4
+    gammas = {train.augmented(FinetuneConfig(augment=("gamma",)), item, e).image.tobytes() for e in range(16)}
+    assert gammas == {item.image.tobytes(), variants[1].tobytes()}  # the slice, or its one gamma variant
+    trained = {train.augmented(config, item, e).image.tobytes() for e in range(32)}
+    assert trained <= {v.tobytes() for v in variants}  # nothing trained that the cache does not hold
+    with pytest.raises(FinetuneError, match="augmentations"):
+        FinetuneConfig(augment=("rotate",))
+    with pytest.raises(FinetuneError, match="augmentations"):
+        FinetuneConfig(augment=("flip", "flip"))
+    old = FinetuneConfig().to_dict()
+    del old["augment"], old["mask_loss"]  # a record written before these options
+    assert FinetuneConfig.from_dict(old) == FinetuneConfig()
+
+
+def test_focal_dice_loss_is_sams_20_to_1_focal_and_dice():
+    torchvision_ops = pytest.importorskip("torchvision.ops")
+    truth = torch.zeros(8, 12)
+    truth[1:4, 7:11] = 1
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 8, 12, generator=generator) * 3
+    _, chosen, _ = prompt_loss(logits, torch.zeros(3), truth, multimask=True, iou_loss_weight=1.0, mask_loss="focal_dice")
+    probs = logits.sigmoid().flatten(1)
+    dice = 1 - (2 * (probs * truth.flatten()).sum(1) + 1) / (probs.sum(1) + truth.sum() + 1)
+    focal = torch.stack([torchvision_ops.sigmoid_focal_loss(m, truth, alpha=0.25, gamma=2, reduction="mean")
+                         for m in logits])
+    assert float(chosen) == pytest.approx(float((20 * focal + dice).min()), rel=1e-5)
+    _, default, _ = prompt_loss(logits, torch.zeros(3), truth, multimask=True, iou_loss_weight=1.0)
+    assert float(default) != pytest.approx(float(chosen), rel=1e-3)
+    with pytest.raises(FinetuneError, match="mask loss"):
+        FinetuneConfig(mask_loss="hinge")
