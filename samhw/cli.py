@@ -343,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="run folder (default runs/<model>-finetuned): last.pt, best.pt, log.json, curves.png")
     tune.add_argument("--epochs", type=_positive_int, help="epochs (default 12)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    tune.add_argument("--train", nargs="+", choices=["decoder", "prompt_encoder", "image_encoder", "neck"],
+    tune.add_argument("--train", nargs="+", choices=["decoder", "prompt_encoder", "image_encoder", "neck", "last_stage"],
                       help="parts to train (default decoder prompt_encoder; image_encoder is for a GPU; neck, the "
-                           "encoder's last module, trains on a CPU from features cached once per slice)")
+                           "encoder's last module, and last_stage, its last TinyViT stage, train on a CPU from "
+                           "features cached once per slice)")
     tune.add_argument("--train-prompts", nargs="+", metavar="NAME[@WEIGHT]",
                       help="prompts drawn in training (default: samhw.train.TRAIN_MIX, boxes, single points and "
                            "points with a negative, see README 'Fine-tuning')")

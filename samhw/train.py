@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__, onnx_encoder
 from .cache import EmbeddingCache
 from .data import Dataset, Slice, load_dataset
-from .encoder_tail import TAIL, FeatureCache, check_tail, tail_embedding_cache, tail_embeddings
+from .encoder_tail import LAST_STAGE, TAIL, FeatureCache, check_tail, tail_embedding_cache, tail_embeddings
 from .evaluate import evaluate
 from .fileio import atomic_write, atomic_write_text, storage_errors
 from .models import CHECKPOINT_FORMAT, ModelError, SamModel, load_model, resolve_device, tensors_digest, verify_checkpoint
@@ -63,9 +63,10 @@ TRAIN_MIX: dict[str, float] = {
 #: Prompts of the validation score (seed 0); a checkpoint's score is their mean IoU.
 VAL_PROMPTS = ("box:0", "box:20", "random_gaussian", "center_gaussian", "center_gaussian+background_far")
 #: Trainable parts: option name -> submodule of :class:`SamModel`. ``neck`` (the image encoder's
-#: last module) trains from cached features of the frozen encoder before it (``samhw.encoder_tail``).
+#: last module) and ``last_stage`` (its last TinyViT stage) train from cached features of the frozen
+#: encoder before them (``samhw.encoder_tail``).
 PARTS = {"decoder": "mask_decoder", "prompt_encoder": "prompt_encoder", "image_encoder": "image_encoder",
-         "neck": TAIL}
+         "neck": TAIL, "last_stage": LAST_STAGE}
 #: Augmentations of a training slice, each applied with probability 1/2 per slice and epoch: ``flip``
 #: mirrors image and mask left-right; ``gamma`` changes the contrast by one gamma per slice, drawn once
 #: as exp(+-U(0.15, 0.4)) (0.67-0.86 or 1.16-1.49), so that each slice has a bounded number of variants
@@ -277,9 +278,12 @@ def _slice_by_slice(model: SamModel) -> bool:
     return model.plain or model.device.type == "cuda"
 
 
-def _trains_tail(config: FinetuneConfig) -> bool:
-    """Whether the neck trains from cached features (not when the whole encoder trains)."""
-    return "neck" in config.parts and "image_encoder" not in config.parts
+def _tail_cut(config: FinetuneConfig) -> str | None:
+    """Where the cached features are taken when part of the encoder trains from them: ``last_stage``
+    if it trains, else ``neck`` if that trains, else None (also when the whole encoder trains)."""
+    if "image_encoder" in config.parts:
+        return None
+    return next((cut for cut in ("last_stage", "neck") if cut in config.parts), None)
 
 
 def training_forward(model: SamModel, embedding: torch.Tensor, prompt: Prompt, shape: tuple[int, int],
@@ -364,7 +368,8 @@ def batch_embeddings(model: SamModel, config: FinetuneConfig, cache: EmbeddingCa
         with model.autocast():
             return model.image_encoder(model.preprocess([s.image for s in batch]))
     cached = torch.cat([cache.get(s.image) for s in batch]).to(model.device)
-    return tail_embeddings(model, cached) if _trains_tail(config) else cached
+    cut = _tail_cut(config)
+    return cached if cut is None else tail_embeddings(model, cached, cut)
 
 
 def training_batch(model: SamModel, config: FinetuneConfig, cache: EmbeddingCache, batch: Sequence[Slice],
@@ -441,7 +446,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     with storage_errors(out / "last.pt"):
         out.mkdir(parents=True, exist_ok=True)
     model = load_model(config.model, config.checkpoint, device, cache_dir=cache_dir)
-    if _trains_tail(config):
+    cut = _tail_cut(config)
+    if cut:
         check_tail(model)  # before any data is read
     base = model.fingerprint()
     train_set = load_dataset(data, "train", skip_bad=skip_bad, limit=config.limit)
@@ -453,8 +459,8 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     train_encoder = "image_encoder" in config.parts
     if train_encoder:  # embeddings change with the weights: validation encodes into a scratch cache
         model.onnx_dir = out / "scratch" / "onnx"
-    train_tail = _trains_tail(config)  # the cache holds the features before the neck
-    cache = FeatureCache(model, cache_dir) if train_tail else EmbeddingCache(model, cache_dir)
+    train_tail = cut is not None  # the cache holds the features before the cut
+    cache = FeatureCache(model, cache_dir, cut=cut) if train_tail else EmbeddingCache(model, cache_dir)
     if not train_encoder:
         images = [image for s in train_set.slices for image in augment_variants(config, s)]
         tqdm.write(f"{cache.ensure(images + [s.image for s in val_set.slices], progress=progress)} "

@@ -9,7 +9,7 @@ import torch
 from samhw import train
 from samhw.cache import EmbeddingCache
 from samhw.data import load_dataset
-from samhw.encoder_tail import FEATURE_SHAPE, TAIL, FeatureCache, encoder_features, tail_embeddings
+from samhw.encoder_tail import FEATURE_SHAPE, LAST_STAGE, TAIL, FeatureCache, encoder_features, tail_embeddings
 from samhw.models import load_model
 from samhw.train import FinetuneConfig, finetune, validate
 
@@ -111,3 +111,43 @@ def test_only_a_tinyvit_encoder_has_a_neck_to_train_from_features():
     check_tail(build_model("litemedsam"))  # LiteMedSAM: the neck follows TinyViT's stages
     with pytest.raises(ModelError, match="train image_encoder instead"):
         check_tail(build_model("vit_b"))
+
+
+@pytest.mark.slow
+def test_features_before_the_last_stage_give_the_encoders_embeddings_and_a_step_moves_that_stage(
+        plain_model, real_slices, tmp_path):
+    images = [s.image for s in real_slices.slices[:2]]
+    cache = FeatureCache(plain_model, tmp_path, cut="last_stage")
+    assert "before-last-stage" in cache.folder.name and cache.folder != FeatureCache(plain_model, tmp_path).folder
+    cache.ensure(images, progress=False)
+    stored = torch.cat([cache.get(image) for image in images])
+    with torch.inference_mode():
+        from_tail = tail_embeddings(plain_model, stored, "last_stage")
+        full = plain_model.image_encoder(plain_model.preprocess(images))
+        neck_only = tail_embeddings(plain_model, stored, "neck")  # features at the wrong cut
+    error = (from_tail - full).abs()
+    assert float(error.max()) < 0.02 * float(full.std()) and float(error.mean()) < 1e-3 * float(full.std())
+    assert float((neck_only - full).abs().mean()) > 0.05 * float(full.std())
+    # keyed by the weights before the last stage: a change in it keeps the folder, one before it does not
+    moved = load_model("litemedsam", device="cpu", plain=True)
+    with torch.no_grad():
+        moved.image_encoder.layers[3].blocks[1].mlp.fc2.bias.add_(0.01)
+    assert FeatureCache(moved, tmp_path, cut="last_stage").folder == cache.folder
+    with torch.no_grad():
+        moved.image_encoder.layers[2].blocks[0].mlp.fc2.bias.add_(0.01)
+    assert FeatureCache(moved, tmp_path, cut="last_stage").folder != cache.folder
+
+    def step() -> dict[str, torch.Tensor]:
+        model = load_model("litemedsam", device="cpu", plain=True)
+        config = FinetuneConfig(parts=("last_stage", "decoder"), lr=1e-3, warmup_steps=0)
+        optimizer = torch.optim.AdamW(train.trainable_parameters(model, config.parts), lr=config.lr)
+        model.train()
+        train.train_step(model, optimizer, *train.training_batch(model, config, cache, real_slices.slices[:2], 0))
+        return _state(model)
+
+    before, after = _state(plain_model), step()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith(LAST_STAGE + ".") for k in changed) and any(k.startswith("mask_decoder.") for k in changed)
+    assert all(k.startswith((LAST_STAGE + ".", "mask_decoder.")) for k in changed), changed  # the neck stays frozen
+    again = step()
+    assert all(torch.equal(after[k], again[k]) for k in after)
