@@ -1,4 +1,4 @@
-"""The fine-tuning recipes tried, kept and dropped alike, as one table (pandas only).
+"""The fine-tuning recipes tried, kept and dropped alike, as one table (no torch).
 
 Each recipe is a training record in a folder (``<folder>/<name>.json``: the run's
 command, options and per-epoch validation scores, as ``finetune`` writes them in ``log.json``).
@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["read_recipes", "recipes_markdown"]
+from .analysis import TABLE_I_STRATEGIES
+from .stats import format_interval, summarize
+
+__all__ = ["TEST_PROMPTS", "read_recipes", "recipes_markdown", "test_scores"]
+
+#: Prompts of a recipe's test scores: the tight box, the report's margin, and Table I's single points.
+TEST_PROMPTS = ("box:0", "box:20", *(s for s in TABLE_I_STRATEGIES if s != "background"))
+CENTRE_POINTS = ("center_box", "center_mask", "center_gaussian")
 
 
 def read_recipes(folder: str | Path) -> list[dict]:
@@ -26,6 +33,24 @@ def read_recipes(folder: str | Path) -> list[dict]:
     return records
 
 
+def test_scores(rows: pd.DataFrame) -> dict[str, list[float]]:
+    """Per prompt of evaluation ``rows`` (seeds averaged per slice): [mean IoU over slices, and the
+    lower and upper end of its patient-level 95% bootstrap interval], rounded to 4 decimals."""
+    summary = summarize(rows)
+    return {row.prompt: [round(float(row.iou), 4), round(float(row.iou_boot_lo), 4), round(float(row.iou_boot_hi), 4)]
+            for row in summary.itertuples()}
+
+
+def _test_cells(record: dict) -> list[str]:
+    """The tight box and the best centre point on the test split, or blanks for a record without them."""
+    scores = record.get("test", {}).get("iou")
+    if not scores:
+        return ["", ""]
+    centre = max(CENTRE_POINTS, key=lambda p: scores[p][0])
+    cell = {p: format_interval(v[0], bounds=(v[1], v[2])) for p, v in scores.items()}
+    return [cell["box:0"], f"{cell[centre]} (`{centre}`)"]
+
+
 def _best(record: dict) -> dict:
     """The epoch the run chose (its ``best``), as logged."""
     chosen = record["best"]["epoch"]
@@ -36,8 +61,9 @@ def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
     """A Markdown table of the recipes in ``folder``: parts trained, starting weights (the base model's,
     or a checkpoint's such as a shipped model), epochs, learning rate, mask loss, augmentations, the
     share of boxes in the prompt mix, negatives in the mix,
-    the chosen epoch's validation mean, and the mean over the validation prompts all recipes share.
-    ``kept`` names the recipe whose weights are shipped."""
+    the chosen epoch's validation mean, the mean over the validation prompts all recipes share, and,
+    where the record has them, the test split's tight box and best centre point with their
+    patient-level intervals. ``kept`` names the recipe whose weights are shipped."""
     records = read_recipes(folder)
     if not records:
         raise ValueError(f"{folder}: no training records")
@@ -62,6 +88,7 @@ def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
             "chosen epoch": best["epoch"],
             "val mean (own prompts)": f"{best['val_mean']:.3f}",
             f"val mean ({', '.join(shared)})": f"{sum(best['val'][p] for p in shared) / len(shared):.3f}",
+            **dict(zip(("test box:0", "test best centre point"), _test_cells(record))),
         })
     table = pd.DataFrame(rows)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
