@@ -44,6 +44,10 @@ def main() -> None:
     if args.note:
         record["note"] = args.note
     model = load_model(record["options"]["model"], args.weights, "auto")
+    trained_with = model.meta.get("options")
+    if args.log and trained_with != record["options"]:
+        raise SystemExit(f"error: {args.weights} was not trained by the run of {args.log} (other options); "
+                         "pass that run's best.pt")
     dataset = load_dataset(args.data, "test")
     specs, seeds = parse_prompts(list(TEST_PROMPTS)), [0, 1, 2]
     weights = Path(args.weights)

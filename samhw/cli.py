@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--val-prompts", nargs="+", help="prompts of the validation score (default: samhw.train.VAL_PROMPTS)")
     tune.add_argument("--augment", nargs="+", choices=["flip", "gamma"],
                       help="augment training slices, each with probability 1/2: flip left-right, or one gamma "
-                           "(contrast) per slice; every variant is encoded once into the cache (default none)")
+                           "(contrast) per slice; every variant is encoded once into the cache (2 variants a slice "
+                           "for one, 4 for both: that many times the encoding and the cache's disk; default none)")
     tune.add_argument("--loss", default="dice_bce", choices=["dice_bce", "focal_dice"],
                       help="mask loss: Dice + BCE (default) or SAM's 20 x focal + Dice")
     tune.add_argument("--batch-size", type=_positive_int, default=8)

@@ -88,7 +88,7 @@ def _test_scores(results: Path, fingerprints: dict[str, str]) -> dict:
 
 def _changed_parts(tensors: dict, base: dict) -> list[str]:
     """The submodules ``tensors`` changed: ``mask_decoder`` etc. whole, or the image encoder's modules
-    (e.g. ``image_encoder.neck``) where only some of them changed."""
+    (e.g. ``image_encoder.neck``, ``image_encoder.layers.3``: a stage by its index) where only some of them changed."""
     parts = []
     for part in _SUBMODULES:
         keys = [k for k in base if k.startswith(part + ".") and base[k].is_floating_point()]
@@ -96,7 +96,8 @@ def _changed_parts(tensors: dict, base: dict) -> list[str]:
         if changed and (part != "image_encoder" or len(changed) == len(keys)):
             parts.append(part)
         elif changed:
-            parts += list(dict.fromkeys(".".join(k.split(".")[:2]) for k in changed))
+            parts += list(dict.fromkeys(".".join(k.split(".")[:3 if k.split(".")[1] == "layers" else 2])
+                                        for k in changed))
     return parts
 
 

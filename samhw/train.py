@@ -37,7 +37,7 @@ from .resources import PeakMemory
 
 __all__ = ["FinetuneConfig", "FinetuneError", "TRAIN_MIX", "VAL_PROMPTS", "PARTS", "AUGMENTATIONS", "MASK_LOSSES",
            "finetune", "training_prompt", "augmented", "augment_variants",
-           "training_batch", "batch_embeddings", "batch_loss", "train_step", "trainable_parameters", "adamw", "training_forward",
+           "training_batch", "batch_embeddings", "training_mode", "batch_loss", "train_step", "trainable_parameters", "adamw", "training_forward",
            "prompt_loss", "prompt_losses", "parse_mix"]
 
 #: Prompts drawn in training, with their probabilities: boxes with the report's random margins
@@ -278,6 +278,17 @@ def _slice_by_slice(model: SamModel) -> bool:
     return model.plain or model.device.type == "cuda"
 
 
+def training_mode(model: SamModel) -> None:
+    """Put ``model`` in training mode, its BatchNorm layers (in the TinyViT encoder's convolutions)
+    excepted: they keep normalising with their pretrained statistics and do not update them, since
+    batches of a few MRI slices would replace them with noisy ones (and training and evaluation would
+    then compute different functions)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def _tail_cut(config: FinetuneConfig) -> str | None:
     """Where the cached features are taken when part of the encoder trains from them: ``last_stage``
     if it trains, else ``neck`` if that trains, else None (also when the whole encoder trains)."""
@@ -482,7 +493,7 @@ def finetune(config: FinetuneConfig, out: str | os.PathLike, data: str | None = 
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         order = np.random.default_rng(np.random.SeedSequence([config.seed, epoch])).permutation(len(train_set))
-        model.train()
+        training_mode(model)
         sums = np.zeros(3)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                    disable=not progress)

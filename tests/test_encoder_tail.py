@@ -82,9 +82,11 @@ def test_a_neck_step_moves_the_neck_alone_and_is_deterministic(plain_model, real
 
 
 @pytest.mark.slow
-def test_a_neck_run_validates_and_saves_with_the_trained_neck(data_dir, tmp_path):
+@pytest.mark.parametrize("tail", [TAIL, LAST_STAGE])
+def test_a_tail_run_validates_and_saves_with_the_trained_tail(data_dir, tmp_path, tail):
     """A run's validation scores are those of its checkpoint evaluated through the whole encoder."""
-    config = FinetuneConfig(parts=("neck", "decoder"), epochs=1, batch_size=4, limit=4, val_limit=2, lr=2e-3,
+    part = next(name for name, module in train.PARTS.items() if module == tail)
+    config = FinetuneConfig(parts=(part, "decoder"), epochs=1, batch_size=4, limit=4, val_limit=2, lr=2e-3,
                             warmup_steps=0, val_prompts=("box:0", "center_gaussian"))
     cache_dir = tmp_path / "cache"
     finetune(config, tmp_path / "run", data=str(data_dir), device="cpu", cache_dir=str(cache_dir), progress=False)
@@ -93,8 +95,8 @@ def test_a_neck_run_validates_and_saves_with_the_trained_neck(data_dir, tmp_path
     tuned = load_model("litemedsam", tmp_path / "run" / "best.pt", device="cpu", plain=True)
     base = load_model("litemedsam", device="cpu", plain=True)
     changed = {k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])}
-    assert changed and all(k.startswith((TAIL + ".", "mask_decoder.")) for k in changed)
-    assert any(k.startswith(TAIL + ".") for k in changed)
+    assert changed and all(k.startswith((tail + ".", "mask_decoder.")) for k in changed)
+    assert any(k.startswith(tail + ".") for k in changed)
     assert tuned.encoder_key != base.encoder_key
     val_set = load_dataset(data_dir, "val", limit=2)
     through_encoder = validate(tuned, EmbeddingCache(tuned, tmp_path / "fresh"), val_set, config.val_prompts)
@@ -141,7 +143,7 @@ def test_features_before_the_last_stage_give_the_encoders_embeddings_and_a_step_
         model = load_model("litemedsam", device="cpu", plain=True)
         config = FinetuneConfig(parts=("last_stage", "decoder"), lr=1e-3, warmup_steps=0)
         optimizer = torch.optim.AdamW(train.trainable_parameters(model, config.parts), lr=config.lr)
-        model.train()
+        train.training_mode(model)
         train.train_step(model, optimizer, *train.training_batch(model, config, cache, real_slices.slices[:2], 0))
         return _state(model)
 
@@ -149,5 +151,7 @@ def test_features_before_the_last_stage_give_the_encoders_embeddings_and_a_step_
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith(LAST_STAGE + ".") for k in changed) and any(k.startswith("mask_decoder.") for k in changed)
     assert all(k.startswith((LAST_STAGE + ".", "mask_decoder.")) for k in changed), changed  # the neck stays frozen
+    statistics = [k for k in before if k.startswith(LAST_STAGE + ".") and ".bn.running_" in k]
+    assert len(statistics) == 4 and not changed & set(statistics)  # BatchNorm keeps its pretrained statistics
     again = step()
     assert all(torch.equal(after[k], again[k]) for k in after)

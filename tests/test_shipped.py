@@ -192,3 +192,14 @@ def test_a_checkpoint_with_a_trained_neck_ships_and_loads_with_its_neck(checkpoi
             assert torch.equal(shipped_value, base.state_dict()[key]), key
         else:  # fp16 storage: each number within 2^-11 of itself
             assert torch.all((shipped_value - value).abs() <= value.abs() * 2.0**-11 + 1e-7), key
+
+
+def test_changed_parts_name_an_encoder_stage_by_its_index():
+    from samhw.shipped import _changed_parts
+
+    one = torch.zeros(1)
+    base = {k: one for k in ("image_encoder.layers.2.w", "image_encoder.layers.3.blocks.0.w",
+                             "image_encoder.layers.3.blocks.1.w", "image_encoder.neck.0.w", "mask_decoder.w")}
+    tensors = {k: one for k in ("image_encoder.layers.3.blocks.0.w", "image_encoder.layers.3.blocks.1.w",
+                                "image_encoder.neck.0.w", "mask_decoder.w")}
+    assert _changed_parts(tensors, base) == ["image_encoder.layers.3", "image_encoder.neck", "mask_decoder"]

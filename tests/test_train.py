@@ -328,7 +328,7 @@ def test_augmentations_flip_image_and_mask_together_and_are_drawn_per_epoch():
     epoch = flipped.index(True)
     spec, prompt = training_prompt(point_config, train.augmented(point_config, item, epoch), epoch)
     x, y = prompt.points[0]
-    assert 4 <= x <= 17 and 5 <= y <= 11
+    assert 9.5 <= x <= 11.5 and 7 <= y <= 9  # the mirrored mask's centre (x, y) = (10.5, 8): a swap fails
 
 
 def test_gamma_is_one_variant_per_slice_and_the_cache_holds_every_variant():
