@@ -47,7 +47,7 @@ notebook.setup()
 
 # %% tags=["parameters"]
 FULL = False
-PARTS = ("decoder", "prompt_encoder")  # any of decoder, prompt_encoder, image_encoder (a GPU for the last)
+PARTS = ("decoder", "prompt_encoder")  # any of train.PARTS: also neck, last_stage (from cached features), image_encoder (a GPU)
 EPOCHS = 10                            # of the FULL run
 MINI_SLICES, MINI_VAL, MINI_EPOCHS = 16, 4, 3  # the live mini-run: train slices, validation slices, epochs
 SHIPPED = "litemedsam-lgg"             # the fine-tuned model shipped in samhw/weights
@@ -67,9 +67,10 @@ tuning.trainable_table(model, PARTS)
 # %% [markdown]
 # ## The prompt mix, and one real batch
 # Each slice gets one prompt per epoch, drawn from the mix below (boxes with random margins; one
-# foreground point by each of the study's strategies; a point with the leaking `background` corner in
-# a small share), from generators of (seed, epoch, slice): the same on every machine and in every
-# rerun. A point gets SAM's three masks (its answer to an ambiguous prompt), a box one.
+# foreground point by each of the study's strategies; in a small share, a foreground point with a
+# negative one, mostly a far `background_far` point and a third of them the tight box's corner), from
+# generators of (seed, epoch, slice): the same on every machine and in every rerun. A point gets SAM's
+# three masks (its answer to an ambiguous prompt), a box one.
 
 # %%
 config = train.FinetuneConfig(parts=PARTS)
@@ -111,10 +112,10 @@ print(f"mean loss: boxes {per_prompt[boxes]['loss'].mean():.3f} over {int(boxes.
 
 # %% [markdown]
 # ## A mini-run, live on the CPU
-# The real `finetune`, shortened: `MINI_SLICES` train slices, `MINI_VAL` validation slices, a higher
-# learning rate and no warm-up so that a few steps show. Validation IoU is the mean over the
-# validation prompts (box:0, box:20, random_gaussian, center_gaussian, center_gaussian+background,
-# seed 0). Far too little data to be a model: this shows the machinery moving, nothing more (on a
+# The real `finetune`, shortened: `MINI_SLICES` train slices, `MINI_VAL` validation slices, and no
+# warm-up so that a few steps show. Validation IoU is the mean over the validation prompts
+# (`train.VAL_PROMPTS`: box:0, box:20, random_gaussian, center_gaussian,
+# center_gaussian+background_far; seed 0). Far too little data to be a model: this shows the machinery moving, nothing more (on a
 # handful of slices the validation IoU may as well fall as rise).
 
 # %%

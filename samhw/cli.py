@@ -193,7 +193,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     config = FinetuneConfig(
         model=args.model, checkpoint=args.checkpoint, parts=tuple(args.train or defaults.parts),
         epochs=args.epochs or defaults.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
+        batch_size=args.batch_size, lr=defaults.lr if args.lr is None else args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
         val_limit=args.val_limit, mix=parse_mix(args.train_prompts) if args.train_prompts else tuple(TRAIN_MIX.items()),
         val_prompts=tuple(args.val_prompts or VAL_PROMPTS), augment=tuple(args.augment or ()), mask_loss=args.loss)
     out = args.out or f"runs/{args.model}-finetuned"
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--loss", default="dice_bce", choices=["dice_bce", "focal_dice"],
                       help="mask loss: Dice + BCE (default) or SAM's 20 x focal + Dice")
     tune.add_argument("--batch-size", type=_positive_int, default=8)
-    tune.add_argument("--lr", type=float, default=1e-4)
+    tune.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-4)")
     tune.add_argument("--weight-decay", type=float, default=0.01)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--limit", type=_positive_int, help="only N train slices (quick runs)")

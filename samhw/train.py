@@ -90,7 +90,7 @@ class FinetuneConfig:
     parts: tuple[str, ...] = ("decoder", "prompt_encoder")
     epochs: int = 12
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 20
     iou_loss_weight: float = 1.0
