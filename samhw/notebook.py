@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,8 @@ from .report import leak_sentences
 __all__ = [
     "DATA_HELP", "QUICK_STUDY", "FULL_STUDY", "NOTEBOOK_EXTRA", "import_extra",
     "setup", "repo_root", "find_data", "results_dir", "StudyResults", "load_results", "combined_rows", "combined_summary",
-    "live_model", "live_slices", "run_prompts", "live_rows", "live_summary", "full_study",
-    "multimask_table", "leak_passage", "main",
+    "LIVE_MODELS", "live_model", "live_models", "describe_models", "live_slices", "run_prompts", "live_rows", "models_rows", "live_summary",
+    "model_galleries", "per_model", "full_study", "full_studies", "multimask_table", "multimask_tables", "leak_passage", "main",
 ]
 
 #: Where to get the data, shown whenever it cannot be found.
@@ -211,6 +211,13 @@ def combined_summary(results: Sequence[StudyResults]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- live computation
 
 
+#: The models of notebooks 02-04's live cells: a label (the ``model`` column of their rows, named as
+#: :func:`samhw.models.load_model` names the model) -> ``(name, checkpoint)``: the pretrained
+#: LiteMedSAM and the fine-tuned model that ships in ``samhw/weights``.
+LIVE_MODELS: dict[str, tuple[str, str | None]] = {"litemedsam": ("litemedsam", None),
+                                                  "litemedsam-lgg": ("litemedsam-lgg", None)}
+
+
 def live_model(name: str = "litemedsam", checkpoint: str | None = None, device: str = "auto", cache: str | None = None):
     """``(model, embedding cache)``: the model loaded strictly, the cache at ``cache`` or the default
     (``$SAMHW_CACHE``, else ``~/.cache/samhw``)."""
@@ -220,6 +227,28 @@ def live_model(name: str = "litemedsam", checkpoint: str | None = None, device: 
     setup()
     model = load_model(name, checkpoint, device)
     return model, EmbeddingCache(model, cache)
+
+
+def live_models(models: Mapping[str, tuple[str, str | None]] | None = None, device: str = "auto",
+                cache: str | None = None) -> dict[str, tuple]:
+    """``label -> (model, embedding cache)``: :func:`live_model` of each ``(name, checkpoint)`` of
+    ``models`` (default :data:`LIVE_MODELS`). Each model gets its own cache, whose folder is keyed by
+    its image encoder: models that share their encoder (a fine-tuned decoder) share the embeddings."""
+    return {label: live_model(name, checkpoint, device, cache)
+            for label, (name, checkpoint) in (LIVE_MODELS if models is None else models).items()}
+
+
+def describe_models(models: Mapping[str, tuple]) -> str:
+    """One line per model (``label -> (model, cache)``): a shipped model's origin (its sidecar's
+    summary: the run, the validation and test scores), else the model and its weights file's name."""
+    lines = []
+    for label, (model, _) in models.items():
+        what = model.meta.get("origin")
+        if not what:
+            what = f"{model.name} with " + (f"the weights of {Path(model.checkpoint).name}" if model.checkpoint
+                                            else "its default weights")
+        lines.append(what if what.startswith(f"{label}: ") else f"{label}: {what}")
+    return "\n".join(lines)
 
 
 def live_slices(split: str = "test", n: int | None = 6, data: str | None = None) -> Dataset:
@@ -245,6 +274,35 @@ def live_rows(model, cache, datasets: dict[str, Dataset], prompts: Sequence[str]
     rows = pd.concat([run_prompts(model, cache, ds, prompts, seeds) for ds in datasets.values()], ignore_index=True)
     rows.insert(0, "model", label)
     return rows
+
+
+def models_rows(models: Mapping[str, tuple], datasets: dict[str, Dataset], prompts: Sequence[str],
+                seeds: Sequence[int]) -> pd.DataFrame:
+    """:func:`live_rows` of each model (``label -> (model, cache)``, :func:`live_models`) on the same
+    slices, prompts and seeds, in one table whose ``model`` column is the label."""
+    return pd.concat([live_rows(model, cache, datasets, prompts, seeds, label=label)
+                      for label, (model, cache) in models.items()], ignore_index=True)
+
+
+def model_galleries(models: Mapping[str, tuple], slices: Sequence, prompts: Sequence[str],
+                    seed: int = 0) -> dict[str, list[list[dict]]]:
+    """``label -> samhw.study.predict_gallery`` of each model on the same slices and prompts (the
+    same draws: a prompt's draw depends on the seed and the slice only), for
+    :func:`samhw.tuning.before_after`."""
+    from .study import predict_gallery
+
+    return {label: predict_gallery(model, cache, slices, prompts, seed) for label, (model, cache) in models.items()}
+
+
+def per_model(table: pd.DataFrame, function: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """``function`` applied to each model's rows of ``table`` (its ``model`` column dropped), the
+    results in one table with the ``model`` column first, the models in their order in ``table``."""
+    parts = []
+    for name, group in table.groupby("model", sort=False):
+        part = function(group.drop(columns="model").reset_index(drop=True))
+        part.insert(0, "model", name)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def live_summary(rows: pd.DataFrame, model: str = "live") -> pd.DataFrame:
@@ -282,6 +340,14 @@ def full_study(model: str = "litemedsam", checkpoint: str | None = None, experim
     return [r for r in load_results(out.parent, verbose=True) if r.name == out.name]
 
 
+def full_studies(models: Mapping[str, tuple[str, str | None]] | None = None,
+                 experiments: Sequence[str] = ("E1", "E2", "E3"), **options) -> list[StudyResults]:
+    """:func:`full_study` of each ``(name, checkpoint)`` of ``models`` (default :data:`LIVE_MODELS`),
+    their results in one list: the ``FULL = True`` path of notebooks that run several models live."""
+    return [found for name, checkpoint in (LIVE_MODELS if models is None else models).values()
+            for found in full_study(name, checkpoint, experiments=experiments, **options)]
+
+
 def multimask_table(model, cache, dataset: Dataset, prompt: str = "center_gaussian", seed: int = 0) -> pd.DataFrame:
     """For one point prompt on each slice: the IoU of the three multimask outputs and of the single
     output, which one the predicted IoU picks, and the best one (an oracle that knows the truth)."""
@@ -299,6 +365,18 @@ def multimask_table(model, cache, dataset: Dataset, prompt: str = "center_gaussi
                     "chosen": chosen, "best": oracle, "IoU chosen": round(ious[chosen], 3),
                     "IoU best": round(ious[oracle], 3), "IoU single": round(ious[0], 3)})
     return pd.DataFrame(out)
+
+
+def multimask_tables(models: Mapping[str, tuple], dataset: Dataset, prompt: str = "center_gaussian",
+                     seed: int = 0) -> pd.DataFrame:
+    """:func:`multimask_table` of each model (``label -> (model, cache)``) on the same slices, in one
+    table with a ``model`` column first (:func:`per_model` summarises it per model)."""
+    tables = []
+    for label, (model, cache) in models.items():
+        table = multimask_table(model, cache, dataset, prompt, seed)
+        table.insert(0, "model", label)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
 
 
 def leak_passage(rows: pd.DataFrame, split: str = "test") -> str:

@@ -123,3 +123,35 @@ def test_full_switch_runs_the_study_and_loads_it_like_committed_results(tmp_path
     assert [r.name for r in found] == ["litemedsam-finetuned"]
     assert (tmp_path / "runs" / "notebook" / "litemedsam-finetuned" / "summary.json").is_file()
 
+
+
+class EmptyModel(FakeModel):
+    """Predicts nothing: a stand-in for a model that ignores the prompt."""
+
+    def predict(self, embedding, prompts, shape, multimask):
+        masks, scores = super().predict(embedding, prompts, shape, multimask)
+        return np.zeros_like(masks), scores
+
+
+def test_models_rows_put_each_model_on_the_same_slices_prompts_and_seeds(slices):
+    dataset = Dataset(Path("."), "test", slices)
+    models = {"pretrained": (FakeModel(), FakeCache()), "tuned": (EmptyModel(), FakeCache())}
+    rows = notebook.models_rows(models, {"test": dataset}, ["box:0", "box:20"], [0, 1])
+    assert list(dict.fromkeys(rows["model"])) == ["pretrained", "tuned"]
+    by_model = {name: group.drop(columns="model").reset_index(drop=True) for name, group in rows.groupby("model")}
+    assert by_model["pretrained"][["slice", "prompt", "seed", "box"]].equals(by_model["tuned"][["slice", "prompt", "seed", "box"]])
+    summary = notebook.live_summary(rows).set_index(["model", "prompt"])["iou"]
+    assert summary[("pretrained", "box:0")] == 1.0 and summary[("tuned", "box:0")] == 0.0
+    counts = notebook.per_model(rows, lambda table: pd.DataFrame([{"rows": len(table)}]))
+    assert counts.to_dict("records") == [{"model": "pretrained", "rows": 6}, {"model": "tuned", "rows": 6}]
+    models["pretrained"][0].name, models["pretrained"][0].checkpoint, models["pretrained"][0].meta = "fake", "/a/fake.pth", {}
+    models["tuned"][0].meta = {"origin": "tuned: a stand-in, fine-tuned"}  # a shipped model's sidecar summary
+    assert notebook.describe_models(models) == "pretrained: fake with the weights of fake.pth\ntuned: a stand-in, fine-tuned"
+
+
+def test_full_studies_run_each_model_under_its_own_name(monkeypatch):
+    calls = []
+    monkeypatch.setattr(notebook, "full_study", lambda name, checkpoint, **options: calls.append((name, checkpoint, options))
+                        or [name])
+    assert notebook.full_studies(experiments=["E1"]) == list(notebook.LIVE_MODELS)
+    assert [c[:2] for c in calls] == list(notebook.LIVE_MODELS.values()) and calls[0][2] == {"experiments": ["E1"]}
