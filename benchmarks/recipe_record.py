@@ -54,7 +54,7 @@ def main() -> None:
     rows_path = Path(args.rows) if args.rows else (weights.parent if weights.is_file() else Path("/tmp")) / f"test_rows_{args.name}.csv"
     rows = evaluate_to_csv(rows_path, run_config(model, dataset, specs, seeds), model, EmbeddingCache(model), dataset,
                            specs, seeds, progress=False)
-    shown = [a if not Path(a).is_absolute() else Path(a).name for a in sys.argv[1:]]
+    shown = [a if not Path(a).is_absolute() else str(Path(*Path(a).parts[-2:])) for a in sys.argv[1:]]  # RUN/best.pt
     record["test"] = {"command": "python benchmarks/recipe_record.py " + shlex.join(shown),
                       "weights_sha256": model.fingerprint(), "slices": len(dataset), "seeds": len(seeds),
                       "iou": test_scores(rows)}
