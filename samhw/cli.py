@@ -195,7 +195,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         epochs=args.epochs or defaults.epochs,
         batch_size=args.batch_size, lr=defaults.lr if args.lr is None else args.lr, weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
         val_limit=args.val_limit, mix=parse_mix(args.train_prompts) if args.train_prompts else tuple(TRAIN_MIX.items()),
-        val_prompts=tuple(args.val_prompts or VAL_PROMPTS), augment=tuple(args.augment or ()), mask_loss=args.loss)
+        val_prompts=tuple(args.val_prompts or VAL_PROMPTS), augment=tuple(args.augment or ()),
+        mask_loss=args.loss or defaults.mask_loss)
     out = args.out or f"runs/{args.model}-finetuned"
     best = finetune(config, out, data=args.data, device=args.device, cache_dir=args.cache, resume=args.resume,
                     skip_bad=args.skip_bad, progress=not args.quiet, command="python -m samhw " + " ".join(args.argv),
@@ -355,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="augment training slices, each with probability 1/2: flip left-right, or one gamma "
                            "(contrast) per slice; every variant is encoded once into the cache (2 variants a slice "
                            "for one, 4 for both: that many times the encoding and the cache's disk; default none)")
-    tune.add_argument("--loss", default="dice_bce", choices=["dice_bce", "focal_dice"],
+    tune.add_argument("--loss", choices=["dice_bce", "focal_dice"],
                       help="mask loss: Dice + BCE (default) or SAM's 20 x focal + Dice")
     tune.add_argument("--batch-size", type=_positive_int, default=8)
     tune.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-4)")

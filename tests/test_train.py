@@ -366,3 +366,14 @@ def test_focal_dice_loss_is_sams_20_to_1_focal_and_dice():
     assert float(default) != pytest.approx(float(chosen), rel=1e-3)
     with pytest.raises(FinetuneError, match="mask loss"):
         FinetuneConfig(mask_loss="hinge")
+
+
+def test_the_command_lines_choices_are_the_trainings_own():
+    """The CLI lists parts, augmentations and losses without importing torch: the lists must agree."""
+    from samhw.cli import build_parser
+
+    finetune_parser = build_parser()._subparsers._group_actions[0].choices["finetune"]
+    choices = {action.dest: action.choices for action in finetune_parser._actions if action.choices}
+    assert choices["train"] == list(train.PARTS)
+    assert choices["augment"] == list(train.AUGMENTATIONS)
+    assert choices["loss"] == list(train.MASK_LOSSES)
