@@ -53,7 +53,8 @@ MODELS = {"litemedsam": ("litemedsam", None),          # label: (model, checkpoi
 # offline and hash-checked) and a few slices of each split, spread over the split's patients. Image
 # embeddings are computed once and cached on disk (`$SAMHW_CACHE`, else `~/.cache/samhw`), keyed by
 # the image encoder's weights (a model that fine-tuned only its decoder reuses the pretrained
-# embeddings), so the prompts below only run the light decoder.
+# embeddings; the shipped one, whose encoder's last stage and neck were trained too, has its own),
+# so once they are cached the prompts below only run the light decoder.
 #
 # **No data yet (in Colab, say)?** Download it once from Kaggle, then set `SAMHW_DATA`:
 # ```

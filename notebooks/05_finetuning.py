@@ -27,6 +27,7 @@ import json
 import pandas as pd
 
 from samhw import notebook, plots, study, train, tuning, widgets
+from samhw.cache import EmbeddingCache
 
 notebook.setup()
 
@@ -134,6 +135,9 @@ assert log["epochs"][-1]["val_mean"] != before, "validation IoU did not move"
 # ## The committed run
 # The run behind `results/litemedsam-finetuned/` (its command first): training losses per epoch
 # and validation IoU per prompt; the best epoch by mean validation IoU is the checkpoint kept.
+# The shipped model took two runs: the decoder and prompt encoder first (flips, 20 epochs), then,
+# from those weights (`--checkpoint litemedsam-lgg`), the image encoder's last stage and neck with
+# them, trained from cached features before the last stage; this is the record of the second.
 # With `FULL = True`, the run made here instead.
 
 # %%
@@ -145,8 +149,10 @@ if FULL:
     record = json.loads((out / "log.json").read_text())
 else:
     record = json.loads((notebook.results_dir() / "litemedsam-finetuned" / "training.json").read_text())
-print(f"`{record['command']}`: best epoch {record['best']['epoch']} of {len(record['epochs'])}, "
-      f"mean validation IoU {record['best']['val_mean']:.4f}")
+start = record.get("base_checkpoint")
+start = f"{start} (weights sha256 {record['base_weights'][:12]})" if start else "the base weights"
+print(f"`{record['command']}`: started from {start}, "
+      f"best epoch {record['best']['epoch']} of {len(record['epochs'])}, mean validation IoU {record['best']['val_mean']:.4f}")
 fig = plots.training_curves(record["epochs"])
 
 # %% [markdown]
@@ -159,12 +165,15 @@ fig = plots.training_curves(record["epochs"])
 # %%
 tuned, origin = tuning.load_shipped(SHIPPED)
 print(origin)
+if tuned is not None:  # its own embeddings: a model that trained part of the image encoder embeds anew
+    tuned_cache = EmbeddingCache(tuned, cache.root)
+    print("trained parts:", ", ".join(tuned.meta["trained"]))
 test_set = notebook.live_slices("test", 8)
 prompts = ["box:0", "box:20", "center_gaussian", "random_gaussian", "center_gaussian+background"]
 if tuned is not None:
     shown = study.gallery_slices(test_set, 3)
     fig = tuning.before_after({"pretrained": study.predict_gallery(model, cache, shown, prompts),
-                               "shipped": study.predict_gallery(tuned, cache, shown, prompts)})
+                               "shipped": study.predict_gallery(tuned, tuned_cache, shown, prompts)})
 
 # %% [markdown]
 # Mean IoU of each prompt on 8 test slices (seed 0), both models (the study has every slice,
@@ -172,8 +181,8 @@ if tuned is not None:
 
 # %%
 if tuned is not None:
-    rows = {label: notebook.run_prompts(m, cache, test_set, prompts, [0]) for label, m in
-            (("pretrained", model), ("shipped", tuned))}
+    rows = {label: notebook.run_prompts(m, c, test_set, prompts, [0]) for label, m, c in
+            (("pretrained", model, cache), ("shipped", tuned, tuned_cache))}
     comparison = pd.DataFrame({label: r.groupby("prompt", sort=False)["iou"].mean() for label, r in rows.items()}).round(3)
 else:
     comparison = None
@@ -181,8 +190,8 @@ comparison
 
 # %% [markdown]
 # ## Try it: pretrained and fine-tuned side by side
-# Pick a test slice, a prompt and a seed: the prompt is drawn once and decoded by both models from
-# the slice's cached embedding (the encoder is the same). Without shipped weights in this copy, the
+# Pick a test slice, a prompt and a seed: the prompt is drawn once and decoded by both models, each
+# from its own image encoder's cached embedding of the slice. Without shipped weights in this copy, the
 # right-hand model is the mini-run's above (16 slices: a machinery check, not a model).
 
 # %%
@@ -190,10 +199,10 @@ if tuned is None:
     from samhw.models import load_model
 
     tuned = load_model("litemedsam", notebook.repo_root() / "runs" / "notebook" / "05-mini" / "best.pt", device="cpu")
-    right = "mini-run"
+    tuned_cache, right = EmbeddingCache(tuned, cache.root), "mini-run"
 else:
     right = "shipped"
-explorer = widgets.CompareExplorer({"pretrained": model, right: tuned}, cache, test_set,
+explorer = widgets.CompareExplorer({"pretrained": (model, cache), right: (tuned, tuned_cache)}, test_set,
                                    prompts=[*prompts, "center_mask", "random_mask", "box:10", "box:-10"],
                                    prompt="center_gaussian", slice_index=3)
 explorer

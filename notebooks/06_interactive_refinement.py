@@ -106,8 +106,8 @@ for name, (curve, noc) in results.items():
 models = {"pretrained": (model, embedding)}
 tuned = notebook.repo_root() / "runs" / "litemedsam-finetuned" / "best.pt"
 if tuned.is_file():
-    tuned_model, _ = notebook.live_model(MODEL, str(tuned))
-    models["fine-tuned"] = (tuned_model, embedding)  # same image encoder, so the same embedding
+    tuned_model, tuned_cache = notebook.live_model(MODEL, str(tuned))
+    models["fine-tuned"] = (tuned_model, tuned_cache.get(item.image))  # its own encoder's embedding
 segmenter = ClickSegmenter(models, item.image, item.mask)
 segmenter
 

@@ -60,6 +60,14 @@ def image_key(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def cache_serves(cache: object, model: object) -> bool:
+    """Whether ``cache`` (an :class:`EmbeddingCache`, or anything with the ``model`` it encodes
+    for) holds ``model``'s embeddings: the same model, or the same image encoder key and backend."""
+    owner = getattr(cache, "model", model)
+    return owner is model or ((getattr(owner, "encoder_key", None), getattr(owner, "encoder_backend", None))
+                              == (getattr(model, "encoder_key", None), getattr(model, "encoder_backend", None)))
+
+
 @dataclass
 class CacheStats:
     """What :meth:`EmbeddingCache.ensure` found and did."""

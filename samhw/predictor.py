@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .backends import Backend, backend_named
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, cache_serves
 from .models import SamModel, load_model, single_thread
 from .prompts import Prompt
 
@@ -96,9 +96,7 @@ class Predictor:
     def __init__(self, model: SamModel, cache: EmbeddingCache | None = None, decoder: str = "auto"):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-        owner = getattr(cache, "model", model)
-        if owner is not model and (getattr(owner, "encoder_key", None), getattr(owner, "encoder_backend", None)) != (
-                getattr(model, "encoder_key", None), getattr(model, "encoder_backend", None)):
+        if not cache_serves(cache, model):
             raise ValueError("the cache holds another image encoder's embeddings: make it with EmbeddingCache(model)")
         self.model = model
         self.cache = cache

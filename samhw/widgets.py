@@ -4,8 +4,8 @@
   box, the predicted mask and its IoU.
 * :class:`WeightExplorer`: Gaussian or bilateral weights with their sigma sliders (sigma; sigma_s
   and sigma_r); redraws the weight map, the chosen point and the predicted mask.
-* :class:`CompareExplorer`: a prompt chooser; the same drawn prompt decoded by two models
-  (pretrained and fine-tuned) side by side.
+* :class:`CompareExplorer`: a prompt chooser; the same drawn prompt decoded by several models
+  (pretrained and fine-tuned), each from its own image encoder's embedding, side by side.
 
 Each explorer keeps its controls as attributes, redraws whenever one changes, and records what
 it drew (``state``, ``renders``, ``last_update_s``, ``error``), so tests set values from Python
@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import io
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -25,6 +25,7 @@ from matplotlib.patches import Rectangle
 
 from . import plots
 from .analysis import weight_map
+from .cache import cache_serves
 from .metrics import iou
 from .notebook import import_extra
 from .predictor import Predictor
@@ -248,15 +249,21 @@ class WeightExplorer(Explorer):
 
 
 class CompareExplorer(Explorer):
-    """Two models on the same prompt: ``models`` maps a label to a model sharing ``cache``'s image
-    encoder (fine-tuning the decoder leaves the embeddings as they are); ``prompts`` are the
-    study's names offered in the dropdown."""
+    """Several models on the same prompt: ``models`` maps a label to ``(model, embedding cache)``, as
+    :func:`samhw.notebook.live_models` returns them (each cache holds its model's image encoder's
+    embeddings, so a model that trained part of its encoder is shown with its own); ``prompts`` are
+    the study's names offered in the dropdown."""
 
-    def __init__(self, models: dict, cache, slices, prompts: Sequence[str], prompt: str | None = None,
+    def __init__(self, models: Mapping[str, tuple], slices, prompts: Sequence[str], prompt: str | None = None,
                  seed: int = 0, slice_index: int = 0):
-        first = next(iter(models.values()))
-        if any(m.encoder_key != first.encoder_key for m in models.values()):
-            raise ValueError("the models must share their image encoder (one embedding cache serves both)")
+        for label, pair in models.items():
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"models[{label!r}] must be a (model, embedding cache) pair, got {type(pair).__name__}")
+            model, cache = pair
+            if not cache_serves(cache, model):
+                raise ValueError(f"the cache of {label!r} holds another image encoder's embeddings: "
+                                 "make it with EmbeddingCache(model)")
+        first, cache = next(iter(models.values()))
         super().__init__(first, cache, slices, seed, slice_index)
         self.models = dict(models)
         self.prompt = widgets.Dropdown(options=list(prompts), value=prompt or prompts[0], description="prompt",
@@ -265,14 +272,13 @@ class CompareExplorer(Explorer):
         self._finish([[self.prompt]])
 
     def compute(self) -> dict:
-        """One prompt drawn on the current slice, decoded by each model from the cached embedding."""
+        """One prompt drawn on the current slice, decoded by each model from its cached embedding."""
         item, spec = self.current, PromptSpec.parse(self.prompt.value)
         prompt = spec.draw(self.target(), int(self.seed.value))
-        embedding = self.cache.get(item.image)
         results = {}
-        for label, model in self.models.items():
+        for label, (model, cache) in self.models.items():
             predictor = Predictor(model)
-            predictor.set_embedding(embedding, item.mask.shape)
+            predictor.set_embedding(cache.get(item.image), item.mask.shape)
             masks, scores = predictor.predict_prompts([prompt], spec.multimask)
             results[label] = {"mask": masks[0], "iou": iou(masks[0], item.mask), "pred_iou": float(scores[0])}
         return {"spec": spec.name, "seed": int(self.seed.value), "slice": item.slice_id, "prompt": prompt,

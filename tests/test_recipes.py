@@ -23,6 +23,7 @@ def test_recipes_compare_on_the_shared_prompts_at_the_chosen_epoch(tmp_path):
         1, [["box:0", 1.0], ["p+background", 0.2], ["p+background_far", 0.0]], start="litemedsam-lgg")))
     options = json.loads((tmp_path / "b.json").read_text())
     options["options"].update(lr=3e-4, mask_loss="focal_dice", augment=["flip", "gamma"])
+    options["base_weights"] = "abcdef12" + "0" * 56
     options["test"] = {"iou": {"box:0": [0.7, 0.65, 0.75], "center_box": [0.5, 0.4, 0.6], "center_mask": [0.61, 0.5, 0.7],
                                "center_gaussian": [0.6, 0.5, 0.7]}}
     (tmp_path / "b.json").write_text(json.dumps(options))
@@ -33,7 +34,7 @@ def test_recipes_compare_on_the_shared_prompts_at_the_chosen_epoch(tmp_path):
     # lr, loss or augmentations (written before those options) has the defaults
     assert table[2] == ("| `a` | decoder | base | 2 | 0.0001 | dice_bce | none | 67% | cpu | background | 2 | 0.500 "
                         "| 0.700 |  |  |")  # no test scores recorded
-    assert table[3] == ("| `b` (shipped) | decoder, image_encoder | litemedsam-lgg | 2 | 0.0003 | focal_dice | flip, gamma "
+    assert table[3] == ("| `b` (shipped) | decoder, image_encoder | litemedsam-lgg (`abcdef12`) | 2 | 0.0003 | focal_dice | flip, gamma "
                         "| 83% | cpu | background | 1 | 0.700 | 0.900 | 0.700 [0.650, 0.750] | 0.610 [0.500, 0.700] "
                         "(`center_mask`) |")
 
@@ -68,3 +69,11 @@ def test_the_readme_table_is_the_committed_records():
     kept = next(r["name"] for r in read_recipes(repo / "results" / "finetune-recipes")
                 if r["command"] == shipped["command"] and r["best"]["val_mean"] == shipped["validation"]["mean"])
     assert block == recipes_markdown(repo / "results" / "finetune-recipes", kept=kept)
+
+
+def test_the_starting_weights_are_named_with_their_sha_where_recorded():
+    from samhw.recipes import _start
+
+    assert _start({"options": {"checkpoint": None}}) == "base"
+    assert _start({"options": {"checkpoint": "runs/a/best.pt"}}) == "runs/a/best.pt"  # a record from before base_weights
+    assert _start({"options": {"checkpoint": "litemedsam-lgg"}, "base_weights": "0123456789ab" * 5}) == "litemedsam-lgg (`01234567`)"

@@ -62,8 +62,9 @@ def test_export_writes_the_trained_parts_and_a_sidecar_that_describes_them(check
     assert side["parameters"]["mask_decoder"] == sum(p.numel() for p in tuned.mask_decoder.parameters())
     assert side["parameters"]["prompt_encoder"] == tuned.prompt_encoder.point_embeddings[0].weight.numel() * 4
     assert len(data) < 2 * side["parameters"]["mask_decoder"] + 100_000  # fp16: two bytes a number
-    assert side["validation"] == {"epoch": 2, "mean": 0.6, "per_prompt": {"box:0": 0.6}, "epochs_run": 2}
+    assert side["validation"] == {"epoch": 2, "mean": 0.6, "per_prompt": {"box:0": 0.6}}
     assert side["command"] == "python -m samhw finetune --epochs 2" and side["device"] == "cpu"
+    assert side["started_from"] is None  # trained from the base model itself
     assert side["split"]["patients"] == {"train": 2, "val": 1}
     assert side["test"]["of"] == "checkpoint" and side["test"]["iou"] == {"box:0": 0.81}
     assert side["test"]["iou_patient"] == {"box:0": 0.79}
@@ -175,10 +176,13 @@ def test_a_checkpoint_with_a_trained_neck_ships_and_loads_with_its_neck(checkpoi
         state[key] = state[key] + torch.from_numpy(rng.normal(0, 0.02 * float(state[key].std()) + 1e-3,
                                                               state[key].shape).astype(np.float32))
     record["options"]["parts"] = ["neck", "decoder", "prompt_encoder"]
+    record["base_checkpoint"], record["base_weights"] = "litemedsam-lgg", "ab" * 32  # a run from an earlier shipped model
     path = tmp_path / "neck.pt"
     torch.save(record, path)
     side = shipped.export(path, NAME)
     assert side["parts"] == ["image_encoder.neck", "prompt_encoder", "mask_decoder"]
+    assert side["started_from"] == {"checkpoint": "litemedsam-lgg", "weights_sha256": "ab" * 32}
+    assert f"--epochs 2` from litemedsam-lgg (weights sha256 {'ab' * 6}) on cpu" in shipped.origin(side)
     tuned = load_model("litemedsam", path, device="cpu")
     assert side["parameters"]["image_encoder.neck"] == sum(p.numel() for p in tuned.image_encoder.neck.parameters())
     assert side["bytes"] <= shipped.MAX_BYTES
@@ -203,3 +207,18 @@ def test_changed_parts_name_an_encoder_stage_by_its_index():
     tensors = {k: one for k in ("image_encoder.layers.3.blocks.0.w", "image_encoder.layers.3.blocks.1.w",
                                 "image_encoder.neck.0.w", "mask_decoder.w")}
     assert _changed_parts(tensors, base) == ["image_encoder.layers.3", "image_encoder.neck", "mask_decoder"]
+
+
+def test_the_committed_sidecar_is_the_committed_run_and_study():
+    """The shipped sidecar names the run of ``training.json`` (command, score, the weights it started
+    from) and the weights of the committed fine-tuned study."""
+    repo = Path(__file__).resolve().parents[1]
+    side = json.loads((repo / "samhw" / "weights" / f"{NAME}.json").read_text())
+    record = json.loads((repo / "results" / "litemedsam-finetuned" / "training.json").read_text())
+    study = json.loads((repo / "results" / "litemedsam-finetuned" / "summary.json").read_text())
+    assert side["command"] == record["command"] and side["validation"]["mean"] == record["best"]["val_mean"]
+    assert side["trained"] == record["options"]["parts"]
+    expected = ({"checkpoint": record["base_checkpoint"], "weights_sha256": record["base_weights"]}
+                if record["base_checkpoint"] else None)
+    assert side["started_from"] == expected
+    assert study["weights_sha256"] == side["weights_sha256"] and side["test"]["of"] == "shipped"

@@ -16,10 +16,11 @@ class BoxModel(StandInDecoder):
     """Predicts the prompt's box shrunk by ``shrink`` px per side (or a disc around the last point)."""
 
     def __init__(self, shrink: int, encoder_key: str = "same"):
-        self.shrink, self.encoder_key, self.calls = shrink, encoder_key, []
+        self.shrink, self.encoder_key, self.calls, self.embeddings = shrink, encoder_key, [], []
 
     def predict(self, embedding, prompts, shape, multimask):
         self.calls.append(prompts[0])
+        self.embeddings.append(float(embedding.flatten()[0]))
         masks = np.zeros((1, *shape), bool)
         p, s = prompts[0], self.shrink
         if p.box is not None:
@@ -32,9 +33,14 @@ class BoxModel(StandInDecoder):
         return masks, np.array([0.5])
 
 
-class ZeroCache:
+class ConstantCache:
+    """The embeddings of ``model``'s image encoder: ``value`` everywhere."""
+
+    def __init__(self, model, value: float = 0.0):
+        self.model, self.value = model, value
+
     def get(self, image):
-        return torch.zeros(1, 256, 64, 64)
+        return torch.full((1, 256, 64, 64), self.value)
 
 
 def _slice(name: str, y0: int, y1: int, x0: int, x1: int) -> Slice:
@@ -49,9 +55,11 @@ def _slice(name: str, y0: int, y1: int, x0: int, x1: int) -> Slice:
 def test_compare_explorer_decodes_one_prompt_with_each_model():
     slices = [_slice("TCGA_XX_0001_19990101_1", 20, 40, 60, 110), _slice("TCGA_XX_0001_19990101_2", 50, 80, 10, 40)]
     left, right = BoxModel(0), BoxModel(3)
-    ex = widgets.CompareExplorer({"pretrained": left, "tuned": right}, ZeroCache(), slices, ["box:0", "box:20"])
+    ex = widgets.CompareExplorer({"pretrained": (left, ConstantCache(left)), "tuned": (right, ConstantCache(right, 1.0))},
+                                 slices, ["box:0", "box:20"])
     assert ex.renders == 1 and ex.error is None
     assert left.calls[-1] is right.calls[-1]  # one drawn prompt, both models
+    assert (left.embeddings[-1], right.embeddings[-1]) == (0.0, 1.0)  # each from its own encoder's cache
     assert ex.state["models"]["pretrained"]["iou"] == 1.0  # the tight box itself
     truth = slices[0].mask
     shrunk = np.zeros_like(truth)
@@ -66,8 +74,11 @@ def test_compare_explorer_decodes_one_prompt_with_each_model():
     ex.prompt.value = "box:0"
     ex.slice.value = 1
     assert ex.state["slice"] == slices[1].slice_id and ex.state["models"]["pretrained"]["iou"] == 1.0
-    with pytest.raises(ValueError, match="share their image encoder"):
-        widgets.CompareExplorer({"a": left, "b": BoxModel(0, "other")}, ZeroCache(), slices, ["box:0"])
+    with pytest.raises(ValueError, match="cache of 'b' holds another image encoder's embeddings"):
+        widgets.CompareExplorer({"a": (left, ConstantCache(left)), "b": (BoxModel(0, "other"), ConstantCache(left))},
+                                slices, ["box:0"])
+    with pytest.raises(TypeError, match=r"models\['a'\] must be a \(model, embedding cache\) pair, got BoxModel"):
+        widgets.CompareExplorer({"a": left}, slices, ["box:0"])
 
 
 def test_trainable_table_counts_the_models_parts(lite_model):
