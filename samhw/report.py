@@ -203,7 +203,9 @@ def tables_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | Re
     trained = ""
     if record is not None:
         best = record.get("best") or {}
-        trained = (f"; trained by `{record.get('command')}`, chosen on the validation patients: epoch "
+        start = record.get("base_checkpoint")
+        started = f" from `{start}` (weights sha256 `{str(record.get('base_weights'))[:12]}`)" if start else ""
+        trained = (f"; trained by `{record.get('command')}`{started}, chosen on the validation patients: epoch "
                    f"{best.get('epoch')} of {record['options']['epochs']} (`training.json`)")
     out = [
         f"Pretrained (`{metas['origin']['model']}`, weights sha256 `{metas['origin']['weights_sha256'][:12]}`) against "

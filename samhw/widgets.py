@@ -257,8 +257,8 @@ class CompareExplorer(Explorer):
     def __init__(self, models: Mapping[str, tuple], slices, prompts: Sequence[str], prompt: str | None = None,
                  seed: int = 0, slice_index: int = 0):
         for label, pair in models.items():
-            if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise TypeError(f"models[{label!r}] must be a (model, embedding cache) pair, got {type(pair).__name__}")
+            if not (isinstance(pair, tuple) and len(pair) == 2 and pair[1] is not None):
+                raise TypeError(f"models[{label!r}] must be a (model, embedding cache) pair, got {pair!r:.60}")
             model, cache = pair
             if not cache_serves(cache, model):
                 raise ValueError(f"the cache of {label!r} holds another image encoder's embeddings: "

@@ -181,3 +181,20 @@ def test_a_damaged_onnx_encoder_file_is_exported_again(lite_model, images, tmp_p
         lite_model.onnx_dir = tmp_path / "onnx"  # a new session, as in a later run
         torch.testing.assert_close(lite_model.encode(images[:1]), expected, rtol=0, atol=0)
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_a_cache_serves_only_a_model_with_its_encoder_and_backend():
+    from types import SimpleNamespace
+
+    from samhw.cache import cache_serves
+    from samhw.predictor import Predictor
+
+    def model(key, backend="onnx-fp32"):
+        return SimpleNamespace(encoder_key=key, encoder_backend=backend)
+
+    a = model("a")
+    assert cache_serves(SimpleNamespace(model=a), a) and cache_serves(SimpleNamespace(model=model("a")), a)
+    assert not cache_serves(SimpleNamespace(model=model("b")), a)  # another encoder (a trained tail)
+    assert not cache_serves(SimpleNamespace(model=model("a", "eager")), a)  # another backend
+    with pytest.raises(ValueError, match="the cache holds another image encoder's embeddings"):
+        Predictor(model("b"), SimpleNamespace(model=a))

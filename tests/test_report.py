@@ -21,6 +21,9 @@ def test_readme_results_block_is_the_committed_study(monkeypatch):
     block = readme.split(START, 1)[1].split(END, 1)[0].strip()
     dirs = [RESULTS, FINETUNED] if (FINETUNED / "summary.json").is_file() else [RESULTS]
     assert block == results_block([d.relative_to(REPO) for d in dirs]).strip()
+    record = json.loads((FINETUNED / "training.json").read_text()) if (FINETUNED / "training.json").is_file() else {}
+    if record.get("base_checkpoint"):  # a run from other fine-tuned weights names them by their sha256
+        assert f"from `{record['base_checkpoint']}` (weights sha256 `{record['base_weights'][:12]}`)" in block
 
 
 def test_committed_study_is_the_default_run_and_complete():

@@ -77,8 +77,9 @@ def test_compare_explorer_decodes_one_prompt_with_each_model():
     with pytest.raises(ValueError, match="cache of 'b' holds another image encoder's embeddings"):
         widgets.CompareExplorer({"a": (left, ConstantCache(left)), "b": (BoxModel(0, "other"), ConstantCache(left))},
                                 slices, ["box:0"])
-    with pytest.raises(TypeError, match=r"models\['a'\] must be a \(model, embedding cache\) pair, got BoxModel"):
-        widgets.CompareExplorer({"a": left}, slices, ["box:0"])
+    for wrong in (left, (left, None)):
+        with pytest.raises(TypeError, match=r"models\['a'\] must be a \(model, embedding cache\) pair"):
+            widgets.CompareExplorer({"a": wrong}, slices, ["box:0"])
 
 
 def test_trainable_table_counts_the_models_parts(lite_model):
