@@ -28,6 +28,7 @@ import pandas as pd
 
 from samhw import notebook, plots, study, train, tuning, widgets
 from samhw.cache import EmbeddingCache
+from samhw.recipes import started_from
 
 notebook.setup()
 
@@ -149,8 +150,8 @@ if FULL:
     record = json.loads((out / "log.json").read_text())
 else:
     record = json.loads((notebook.results_dir() / "litemedsam-finetuned" / "training.json").read_text())
-start = record.get("base_checkpoint")
-start = f"{start} (weights sha256 {record['base_weights'][:12]})" if start else "the base weights"
+start = started_from(record)
+start = f"{start['checkpoint']} (weights sha256 {start['weights_sha256'][:12]})" if start else "the base weights"
 print(f"`{record['command']}`: started from {start}, "
       f"best epoch {record['best']['epoch']} of {len(record['epochs'])}, mean validation IoU {record['best']['val_mean']:.4f}")
 fig = plots.training_curves(record["epochs"])
@@ -196,10 +197,8 @@ comparison
 
 # %%
 if tuned is None:
-    from samhw.models import load_model
-
-    tuned = load_model("litemedsam", notebook.repo_root() / "runs" / "notebook" / "05-mini" / "best.pt", device="cpu")
-    tuned_cache, right = EmbeddingCache(tuned, cache.root), "mini-run"
+    mini_run = notebook.repo_root() / "runs" / "notebook" / "05-mini" / "best.pt"
+    (tuned, tuned_cache), right = notebook.live_model("litemedsam", str(mini_run), "cpu", str(cache.root)), "mini-run"
 else:
     right = "shipped"
 explorer = widgets.CompareExplorer({"pretrained": (model, cache), right: (tuned, tuned_cache)}, test_set,

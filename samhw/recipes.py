@@ -15,7 +15,7 @@ import pandas as pd
 from .analysis import TABLE_I_STRATEGIES
 from .stats import format_interval, summarize
 
-__all__ = ["TEST_PROMPTS", "read_recipes", "recipes_markdown", "test_scores"]
+__all__ = ["TEST_PROMPTS", "read_recipes", "recipes_markdown", "started_from", "test_scores"]
 
 #: Prompts of a recipe's test scores: the tight box, the report's margin, and Table I's single points.
 TEST_PROMPTS = ("box:0", "box:20", *(s for s in TABLE_I_STRATEGIES if s != "background"))
@@ -57,14 +57,22 @@ def _best(record: dict) -> dict:
     return next(e for e in record["epochs"] if e["epoch"] == chosen)
 
 
+def started_from(record: dict) -> dict | None:
+    """The fine-tuned weights a run started from, as its checkpoint, ``log.json`` or record holds them
+    (``base_checkpoint``, ``base_weights``): ``{"checkpoint", "weights_sha256"}``, or None for a run
+    from the base model. A shipped name such as ``litemedsam-lgg`` meant other weights at other times;
+    the sha256 says which."""
+    checkpoint = record.get("base_checkpoint")
+    return {"checkpoint": checkpoint, "weights_sha256": record.get("base_weights")} if checkpoint else None
+
+
 def _start(record: dict) -> str:
-    """The weights a run started from: ``base``, or its checkpoint with the weights' sha256 prefix
-    where recorded (a shipped name such as ``litemedsam-lgg`` meant other weights at other times)."""
-    checkpoint = record["options"].get("checkpoint")
-    if not checkpoint:
+    """The table's "from": ``base``, or the checkpoint with its weights' sha256 prefix where recorded."""
+    start = started_from(record)
+    if start is None:
         return "base"
-    sha = record.get("base_weights")
-    return f"{checkpoint} (`{sha[:8]}`)" if sha else checkpoint
+    sha = start["weights_sha256"]
+    return f"{start['checkpoint']} (`{sha[:8]}`)" if sha else start["checkpoint"]
 
 
 def recipes_markdown(folder: str | Path, kept: str | None = None) -> str:

